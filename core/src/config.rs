@@ -1,0 +1,1001 @@
+//! Typed configuration: YAML or a binding's dict, `${VAR}` expansion,
+//! human durations and rates, and errors that name the key path.
+//!
+//! Every source goes through one pipeline so that YAML files, Python dicts,
+//! JS objects and C strings behave identically:
+//! text or value → JSON value → `${VAR}` expansion → typed structs
+//! (unknown keys rejected) → cross-field validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{BridgeError, Result};
+use crate::message::Limits;
+use crate::routing::subject::validate_pattern;
+
+/// The whole configuration. `BridgeConfig::default()` is the embedded
+/// default: in-process handlers only, no services, no security.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeConfig {
+    /// The seed's `bridge` section, extended with engine knobs.
+    pub bridge: BridgeSection,
+    /// Security; absent (or `auth_type: none`) means security is off.
+    pub security: Option<SecurityConfig>,
+    /// The seed's `monitoring` section.
+    pub monitoring: MonitoringConfig,
+    /// External HTTP services by name.
+    pub services: BTreeMap<String, ServiceConfig>,
+    /// Subject patterns mapped to services, or limits for in-process routes.
+    pub routes: Vec<RouteConfig>,
+    /// Message validation limits.
+    pub limits: LimitsConfig,
+}
+
+/// The seed's `bridge` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeSection {
+    /// Server listen host.
+    pub host: String,
+    /// Server listen port.
+    pub port: u16,
+    /// Most concurrent connections per service (and, in server mode, clients).
+    pub max_connections: usize,
+    /// Time allowed to open a connection.
+    pub connection_timeout: Seconds,
+    /// Retries after the first attempt of a delivery.
+    pub retry_attempts: u32,
+    /// Base delay of the exponential backoff between retries.
+    pub retry_delay: Seconds,
+    /// Deadline of a `route` call when the caller gives no timeout.
+    pub request_timeout: Seconds,
+    /// Time `shutdown()` lets in-flight work finish before failing it.
+    pub shutdown_grace: Seconds,
+    /// Most failed publishes kept for listing and replay.
+    pub dead_letter_capacity: usize,
+    /// On a rate limit: `wait` within the deadline, or `reject` at once.
+    pub rate_limit_mode: RateLimitMode,
+    /// Default for routes without their own `queue_size`.
+    pub queue_size: usize,
+    /// Default for routes without their own `max_concurrency` (0: unlimited).
+    pub max_concurrency: usize,
+    /// Server TLS (cert and key files, PEM).
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for BridgeSection {
+    fn default() -> Self {
+        BridgeSection {
+            host: "localhost".into(),
+            port: 8000,
+            max_connections: 100,
+            connection_timeout: Seconds::from_secs(30),
+            retry_attempts: 3,
+            retry_delay: Seconds::from_secs(5),
+            request_timeout: Seconds::from_secs(30),
+            shutdown_grace: Seconds::from_secs(10),
+            dead_letter_capacity: 10_000,
+            rate_limit_mode: RateLimitMode::Wait,
+            queue_size: 1024,
+            max_concurrency: 0,
+            tls: None,
+        }
+    }
+}
+
+/// What to do when a rate limit is hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitMode {
+    /// Wait for a slot if one comes before the caller's deadline, else reject.
+    #[default]
+    Wait,
+    /// Reject at once with `RATE_LIMITED` and a retry-after.
+    Reject,
+}
+
+/// Server TLS material.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain file.
+    pub cert: PathBuf,
+    /// PEM private key file.
+    pub key: PathBuf,
+}
+
+/// The seed's `security` section, extended with keys, roles and signing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// `token` (security on) or `none` (security off).
+    pub auth_type: AuthType,
+    /// Lifetime of issued bridge tokens.
+    pub token_expiry: Seconds,
+    /// Per-principal rate limit.
+    pub rate_limit: Option<Rate>,
+    /// Burst allowed above the per-principal rate (default: one second's worth).
+    pub rate_limit_burst: Option<u32>,
+    /// Origins allowed by the server's CORS policy (exact matches).
+    pub allowed_origins: Vec<String>,
+    /// Bridge-token keys: the first signs, all verify.
+    pub signing_keys: Vec<SigningKey>,
+    /// API keys, stored as SHA-256 hashes.
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Role name to permissions.
+    pub roles: BTreeMap<String, RoleConfig>,
+    /// External OAuth2/OIDC token issuer.
+    pub oidc: Option<OidcConfig>,
+    /// HMAC signing of messages that come from outside the process.
+    pub message_signing: Option<MessageSigningConfig>,
+    /// Append audit records as JSON lines to this file.
+    pub audit_log: Option<PathBuf>,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            auth_type: AuthType::Token,
+            token_expiry: Seconds::from_secs(3600),
+            rate_limit: None,
+            rate_limit_burst: None,
+            allowed_origins: Vec::new(),
+            signing_keys: Vec::new(),
+            api_keys: Vec::new(),
+            roles: BTreeMap::new(),
+            oidc: None,
+            message_signing: None,
+            audit_log: None,
+        }
+    }
+}
+
+/// How callers authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthType {
+    /// Callers present bridge tokens (from API keys or OIDC tokens).
+    #[default]
+    Token,
+    /// Security off: everything is allowed.
+    None,
+}
+
+/// A bridge-token signing key.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKey {
+    /// Key id, written into the token's `kid` header.
+    pub id: String,
+    /// The HMAC secret (at least 32 bytes; use `${ENV}`).
+    pub secret: Secret,
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SigningKey").field("id", &self.id).field("secret", &self.secret).finish()
+    }
+}
+
+/// An API key entry: the key itself is never stored, only its SHA-256.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The principal this key authenticates as.
+    pub principal: String,
+    /// Hex SHA-256 of the key (`dreamos-bridge hash-key` prints it).
+    pub sha256: String,
+    /// Roles granted to the principal.
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+/// Allow lists per action, and a deny list that wins over all of them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoleConfig {
+    /// Patterns this role may `route` (request/reply) to.
+    pub route: Vec<String>,
+    /// Patterns this role may `publish` to.
+    pub publish: Vec<String>,
+    /// Patterns this role may serve (connected services, handlers).
+    pub handle: Vec<String>,
+    /// Patterns this role may administer (admin implies every action).
+    pub admin: Vec<String>,
+    /// Patterns denied for every action.
+    pub deny: Vec<String>,
+}
+
+/// An external OAuth2/OIDC issuer whose JWTs the bridge accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    /// Expected `iss`.
+    pub issuer: String,
+    /// Expected `aud` (any of them).
+    pub audience: Vec<String>,
+    /// The JWKS document inline.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// Or a file holding the JWKS document.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Allowed algorithms (default `[RS256]`); `none` is never accepted.
+    #[serde(default = "default_oidc_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Claim holding the roles (a list of strings, or a space-separated string).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Claim naming the principal.
+    #[serde(default = "default_principal_claim")]
+    pub principal_claim: String,
+}
+
+fn default_oidc_algorithms() -> Vec<String> {
+    vec!["RS256".into()]
+}
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_principal_claim() -> String {
+    "sub".into()
+}
+
+/// HMAC-SHA256 message signing for messages from outside the process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageSigningConfig {
+    /// Keys by id; a signature names the key it used.
+    pub keys: Vec<SigningKey>,
+    /// How far a signed timestamp may be from now.
+    #[serde(default = "default_signing_window")]
+    pub window: Seconds,
+    /// Refuse unsigned messages from outside the process.
+    #[serde(default)]
+    pub required: bool,
+}
+
+fn default_signing_window() -> Seconds {
+    Seconds::from_secs(300)
+}
+
+/// The seed's `monitoring` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MonitoringConfig {
+    /// Collect metrics.
+    pub metrics_enabled: bool,
+    /// Interval of active service health checks and alert evaluation.
+    pub health_check_interval: Seconds,
+    /// `TRACE`, `DEBUG`, `INFO`, `WARN` or `ERROR`.
+    pub log_level: String,
+    /// An alert fires when a route's or service's success ratio over the
+    /// last interval falls below this (0 to 1).
+    pub alert_threshold: f64,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        MonitoringConfig {
+            metrics_enabled: true,
+            health_check_interval: Seconds::from_secs(30),
+            log_level: "INFO".into(),
+            alert_threshold: 0.9,
+        }
+    }
+}
+
+/// An external HTTP service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Base URL; route paths are appended to it.
+    pub url: String,
+    /// Credentials the bridge adds to every request.
+    #[serde(default)]
+    pub auth: Option<ServiceAuth>,
+    /// Requests per second to this service.
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
+    /// Burst above the rate (default: one second's worth).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Deadline for one exchange when the message has none shorter.
+    #[serde(default)]
+    pub timeout: Option<Seconds>,
+    /// Path probed by the health monitor (`GET`, 2xx is healthy).
+    #[serde(default)]
+    pub health_check: Option<String>,
+    /// Pool size (default `bridge.max_connections`).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Override `bridge.retry_attempts` for this service.
+    #[serde(default)]
+    pub retry_attempts: Option<u32>,
+    /// Override `bridge.retry_delay` for this service.
+    #[serde(default)]
+    pub retry_delay: Option<Seconds>,
+    /// Follow HTTP redirects (default: no).
+    #[serde(default)]
+    pub follow_redirects: bool,
+    /// Largest response body accepted, in bytes (default 10 MiB).
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
+    /// Consecutive failures that open the circuit breaker (default 5).
+    #[serde(default)]
+    pub breaker_failures: Option<u32>,
+    /// How long the breaker stays open before a probe (default 30s).
+    #[serde(default)]
+    pub breaker_cooldown: Option<Seconds>,
+}
+
+/// Outgoing credentials held by the bridge for one service.
+#[derive(Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServiceAuth {
+    /// `Authorization: Bearer <token>`.
+    Bearer {
+        /// The token.
+        token: Secret,
+    },
+    /// A key in a header.
+    ApiKey {
+        /// Header name (default `X-API-Key`).
+        #[serde(default = "default_api_key_header")]
+        header: String,
+        /// The key.
+        key: Secret,
+    },
+    /// HTTP basic auth.
+    Basic {
+        /// User name.
+        username: String,
+        /// Password.
+        password: Secret,
+    },
+    /// OAuth2 client credentials grant; the token is cached and refreshed.
+    Oauth2ClientCredentials {
+        /// Token endpoint.
+        token_url: String,
+        /// Client id.
+        client_id: String,
+        /// Client secret.
+        client_secret: Secret,
+        /// Scopes requested.
+        #[serde(default)]
+        scopes: Vec<String>,
+    },
+}
+
+fn default_api_key_header() -> String {
+    "X-API-Key".into()
+}
+
+impl fmt::Debug for ServiceAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceAuth::Bearer { .. } => f.write_str("Bearer(***)"),
+            ServiceAuth::ApiKey { header, .. } => write!(f, "ApiKey({header}: ***)"),
+            ServiceAuth::Basic { username, .. } => write!(f, "Basic({username}:***)"),
+            ServiceAuth::Oauth2ClientCredentials { token_url, client_id, scopes, .. } => {
+                write!(f, "Oauth2ClientCredentials({token_url}, {client_id}, {scopes:?}, ***)")
+            }
+        }
+    }
+}
+
+/// A route: a pattern mapped to a service, or limits for an in-process route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Subject pattern.
+    pub pattern: String,
+    /// Service that serves it; absent: limits for the in-process handler
+    /// registered under the same pattern.
+    #[serde(default)]
+    pub service: Option<String>,
+    /// HTTP method (default POST).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Path template; `{rest}` is the subject tokens after the literal prefix.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Messages per second on this route.
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
+    /// Burst above the rate.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Most messages delivered at once (0: unlimited).
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+    /// Most messages waiting for a delivery slot.
+    #[serde(default)]
+    pub queue_size: Option<usize>,
+    /// Default deadline for messages on this route.
+    #[serde(default)]
+    pub timeout: Option<Seconds>,
+}
+
+/// The `limits` section: message validation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest payload, in bytes.
+    pub max_payload_bytes: usize,
+    /// Deepest JSON nesting.
+    pub max_json_depth: usize,
+    /// Most headers per message.
+    pub max_headers: usize,
+    /// Longest header (name plus value), in bytes.
+    pub max_header_bytes: usize,
+    /// Longest destination, in bytes.
+    pub max_subject_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsConfig {
+            max_payload_bytes: l.max_payload_bytes,
+            max_json_depth: l.max_json_depth,
+            max_headers: l.max_headers,
+            max_header_bytes: l.max_header_bytes,
+            max_subject_bytes: l.max_subject_bytes,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// The limits as the validator takes them.
+    pub fn to_limits(&self) -> Limits {
+        Limits {
+            max_payload_bytes: self.max_payload_bytes,
+            max_json_depth: self.max_json_depth,
+            max_headers: self.max_headers,
+            max_header_bytes: self.max_header_bytes,
+            max_subject_bytes: self.max_subject_bytes,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Value types: durations, rates, secrets.
+
+/// A duration written as seconds (`30`, `0.25`) or with a unit (`250ms`,
+/// `30s`, `5m`, `1h`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seconds(pub Duration);
+
+impl Seconds {
+    /// Whole seconds.
+    pub const fn from_secs(s: u64) -> Self {
+        Seconds(Duration::from_secs(s))
+    }
+    /// Milliseconds.
+    pub const fn from_millis(ms: u64) -> Self {
+        Seconds(Duration::from_millis(ms))
+    }
+    /// The duration.
+    pub fn get(self) -> Duration {
+        self.0
+    }
+}
+
+/// Parse `250ms`, `30s`, `5m`, `1h`, `2d` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 250ms, 30s, 5m or a number of seconds, got {text:?}"))?;
+    let scale = match unit.trim() {
+        "" | "s" | "sec" | "secs" => 1.0,
+        "ms" => 0.001,
+        "us" => 0.000_001,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        other => return Err(format!("unknown duration unit {other:?} in {text:?}: use ms, s, m, h or d")),
+    };
+    seconds_to_duration(value * scale).ok_or_else(|| format!("duration {text:?} is out of range"))
+}
+
+fn seconds_to_duration(s: f64) -> Option<Duration> {
+    (s.is_finite() && s >= 0.0 && s < 1e12).then(|| Duration::from_secs_f64(s))
+}
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::Num(n) => seconds_to_duration(n)
+                .map(Seconds)
+                .ok_or_else(|| serde::de::Error::custom(format!("expected a non-negative duration, got {n}"))),
+            NumOrStr::Str(s) => parse_duration(&s).map(Seconds).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged, expecting = "a number or a string")]
+enum NumOrStr {
+    Num(f64),
+    Str(String),
+}
+
+/// A rate: a number per second, or a string like `60/min`, `10/s`, `5000/h`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Events per second (> 0).
+    pub per_second: f64,
+}
+
+impl Rate {
+    /// A rate of `n` per second.
+    pub fn per_second(n: f64) -> Self {
+        Rate { per_second: n }
+    }
+}
+
+/// Parse `60/min`, `10/s`, `5000/h`, `100/d` or a bare number per second.
+pub fn parse_rate(text: &str) -> std::result::Result<Rate, String> {
+    let bad = || format!("expected a rate like 10, 10/s, 60/min or 5000/h, got {text:?}");
+    let (num, unit) = match text.split_once('/') {
+        Some((n, u)) => (n.trim(), u.trim()),
+        None => (text.trim(), "s"),
+    };
+    let n: f64 = num.parse().map_err(|_| bad())?;
+    let per = match unit {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        "d" | "day" => 86_400.0,
+        _ => return Err(bad()),
+    };
+    rate_from(n / per).ok_or_else(bad)
+}
+
+fn rate_from(per_second: f64) -> Option<Rate> {
+    (per_second.is_finite() && per_second > 0.0).then_some(Rate { per_second })
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::Num(n) => rate_from(n)
+                .ok_or_else(|| serde::de::Error::custom(format!("expected a rate above 0, got {n}"))),
+            NumOrStr::Str(s) => parse_rate(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A secret string: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wrap a secret.
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    /// The secret itself: only for the code that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading.
+
+impl BridgeConfig {
+    /// Parse YAML text (expanding `${VAR}` from the environment).
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+            let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
+            BridgeError::config("", format!("not valid YAML{at}: {e}"))
+        })?;
+        // An empty document is the embedded default.
+        let value = if value.is_null() { serde_json::Value::Object(Default::default()) } else { value };
+        Self::from_value(value)
+    }
+
+    /// Read and parse a YAML file.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| BridgeError::config("", format!("cannot read config file {}: {e}", path.display())))?;
+        Self::from_yaml(&text).map_err(|e| e.context(path.display()))
+    }
+
+    /// Build from a JSON-shaped value (a binding's dict), with `${VAR}` expansion.
+    pub fn from_value(mut value: serde_json::Value) -> Result<Self> {
+        if !value.is_object() {
+            return Err(BridgeError::config("", "the configuration must be a mapping with sections like `bridge:` and `security:`"));
+        }
+        expand_env(&mut value, &mut String::new(), &|name| std::env::var(name).ok())?;
+        let config: BridgeConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            BridgeError::config(&path, humanize(&e.inner().to_string()))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Is security on?
+    pub fn security_enabled(&self) -> bool {
+        self.security.as_ref().is_some_and(|s| s.auth_type != AuthType::None)
+    }
+
+    /// Cross-field checks that types alone cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let b = &self.bridge;
+        if b.max_connections == 0 {
+            return Err(BridgeError::config("bridge.max_connections", "must be at least 1"));
+        }
+        if b.queue_size == 0 {
+            return Err(BridgeError::config("bridge.queue_size", "must be at least 1"));
+        }
+        if b.dead_letter_capacity == 0 {
+            return Err(BridgeError::config("bridge.dead_letter_capacity", "must be at least 1"));
+        }
+        let m = &self.monitoring;
+        if !(0.0..=1.0).contains(&m.alert_threshold) {
+            return Err(BridgeError::config(
+                "monitoring.alert_threshold",
+                format!("must be between 0 and 1, got {}", m.alert_threshold),
+            ));
+        }
+        if !["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"].contains(&m.log_level.to_ascii_uppercase().as_str()) {
+            return Err(BridgeError::config(
+                "monitoring.log_level",
+                format!("expected TRACE, DEBUG, INFO, WARN or ERROR, got {:?}", m.log_level),
+            ));
+        }
+        if m.health_check_interval.get().is_zero() {
+            return Err(BridgeError::config("monitoring.health_check_interval", "must be above 0"));
+        }
+        if let Some(s) = &self.security {
+            s.validate()?;
+        }
+        for (name, svc) in &self.services {
+            let path = format!("services.{name}");
+            if !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
+                return Err(BridgeError::config(&path, "service names use letters, digits, `_` and `-`"));
+            }
+            let url = url::Url::parse(&svc.url)
+                .map_err(|e| BridgeError::config(&format!("{path}.url"), format!("not a valid URL ({e}): {:?}", svc.url)))?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(BridgeError::config(&format!("{path}.url"), "must be an http:// or https:// URL"));
+            }
+            if let Some(ServiceAuth::Oauth2ClientCredentials { token_url, .. }) = &svc.auth {
+                url::Url::parse(token_url).map_err(|e| {
+                    BridgeError::config(&format!("{path}.auth.token_url"), format!("not a valid URL ({e})"))
+                })?;
+            }
+            if svc.max_connections == Some(0) {
+                return Err(BridgeError::config(&format!("{path}.max_connections"), "must be at least 1"));
+            }
+            if let Some(h) = &svc.health_check
+                && !h.starts_with('/')
+            {
+                return Err(BridgeError::config(&format!("{path}.health_check"), "must be a path starting with `/`"));
+            }
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            validate_pattern(&r.pattern).map_err(|e| BridgeError::config(&format!("{path}.pattern"), e.message()))?;
+            match &r.service {
+                Some(svc) if !self.services.contains_key(svc) => {
+                    let known: Vec<&str> = self.services.keys().map(String::as_str).collect();
+                    return Err(BridgeError::config(
+                        &format!("{path}.service"),
+                        format!("no service named {svc:?} under `services` (known: {})", known.join(", ")),
+                    ));
+                }
+                None if r.method.is_some() || r.path.is_some() => {
+                    return Err(BridgeError::config(&path, "`method` and `path` need a `service`"));
+                }
+                _ => {}
+            }
+            if let Some(m) = &r.method
+                && !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&m.to_ascii_uppercase().as_str())
+            {
+                return Err(BridgeError::config(&format!("{path}.method"), format!("expected GET, POST, PUT, PATCH or DELETE, got {m:?}")));
+            }
+            if r.queue_size == Some(0) {
+                return Err(BridgeError::config(&format!("{path}.queue_size"), "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SecurityConfig {
+    fn validate(&self) -> Result<()> {
+        for (i, k) in self.signing_keys.iter().enumerate() {
+            if k.secret.expose().len() < 32 {
+                return Err(BridgeError::config(
+                    &format!("security.signing_keys[{i}].secret"),
+                    "must be at least 32 bytes (e.g. the output of `openssl rand -hex 32`)",
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, k) in self.signing_keys.iter().enumerate() {
+            if !seen.insert(&k.id) {
+                return Err(BridgeError::config(&format!("security.signing_keys[{i}].id"), format!("duplicate key id {:?}", k.id)));
+            }
+        }
+        for (i, k) in self.api_keys.iter().enumerate() {
+            let path = format!("security.api_keys[{i}]");
+            if k.sha256.len() != 64 || !k.sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(BridgeError::config(
+                    &format!("{path}.sha256"),
+                    "expected 64 hex digits, the SHA-256 of the key (`dreamos-bridge hash-key` prints it); never put the key itself here",
+                ));
+            }
+            for r in &k.roles {
+                if !self.roles.contains_key(r) {
+                    return Err(BridgeError::config(&format!("{path}.roles"), format!("no role named {r:?} under security.roles")));
+                }
+            }
+        }
+        for (name, role) in &self.roles {
+            for (action, list) in
+                [("route", &role.route), ("publish", &role.publish), ("handle", &role.handle), ("admin", &role.admin), ("deny", &role.deny)]
+            {
+                for (i, p) in list.iter().enumerate() {
+                    validate_pattern(p).map_err(|e| BridgeError::config(&format!("security.roles.{name}.{action}[{i}]"), e.message()))?;
+                }
+            }
+        }
+        if let Some(o) = &self.oidc {
+            if o.jwks.is_none() && o.jwks_file.is_none() {
+                return Err(BridgeError::config("security.oidc", "give the issuer's keys as `jwks` (inline) or `jwks_file`"));
+            }
+            if o.algorithms.is_empty() {
+                return Err(BridgeError::config("security.oidc.algorithms", "list at least one algorithm, e.g. [RS256]"));
+            }
+            for a in &o.algorithms {
+                if a.eq_ignore_ascii_case("none") || a.parse::<jsonwebtoken::Algorithm>().is_err() {
+                    return Err(BridgeError::config("security.oidc.algorithms", format!("{a:?} is not an accepted algorithm")));
+                }
+            }
+        }
+        if let Some(ms) = &self.message_signing {
+            if ms.keys.is_empty() {
+                return Err(BridgeError::config("security.message_signing.keys", "list at least one key"));
+            }
+            for (i, k) in ms.keys.iter().enumerate() {
+                if k.secret.expose().len() < 32 {
+                    return Err(BridgeError::config(&format!("security.message_signing.keys[{i}].secret"), "must be at least 32 bytes"));
+                }
+            }
+        }
+        if self.token_expiry.get() < Duration::from_secs(1) {
+            return Err(BridgeError::config("security.token_expiry", "must be at least 1 second"));
+        }
+        Ok(())
+    }
+}
+
+/// Replace `${VAR}` in every string; `$$` is a literal `$`. A string that is
+/// exactly one `${VAR}` whose value reads as a number or boolean becomes that
+/// number or boolean, so `port: ${PORT}` works.
+fn expand_env(
+    value: &mut serde_json::Value,
+    path: &mut String,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('$') => {
+            let whole_var = s.starts_with("${") && s.ends_with('}') && s[2..].find('}') == Some(s.len() - 3);
+            let expanded = expand_str(s, path, lookup)?;
+            *value = match whole_var {
+                true => serde_yaml_ng::from_str::<Value>(&expanded)
+                    .ok()
+                    .filter(|v| v.is_number() || v.is_boolean())
+                    .unwrap_or(Value::String(expanded)),
+                false => Value::String(expanded),
+            };
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_env(item, path, lookup)?;
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                expand_env(item, path, lookup)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, path: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(r) = after.strip_prefix('$') {
+            out.push('$');
+            rest = r;
+        } else if let Some(r) = after.strip_prefix('{') {
+            let end = r
+                .find('}')
+                .ok_or_else(|| BridgeError::config(path, "unterminated `${` (write `$$` for a literal `$`)"))?;
+            let name = &r[..end];
+            if name.is_empty() || !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
+                return Err(BridgeError::config(path, format!("`${{{name}}}` is not a valid variable name")));
+            }
+            let v = lookup(name).ok_or_else(|| {
+                BridgeError::config(path, format!("environment variable {name} is not set (referenced as ${{{name}}})"))
+            })?;
+            out.push_str(&v);
+            rest = &r[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Turn serde's wording into the contract's: `expected an integer, got "many"`.
+fn humanize(msg: &str) -> String {
+    let Some(rest) = msg.strip_prefix("invalid type: ").or_else(|| msg.strip_prefix("invalid value: ")) else {
+        return msg.to_string();
+    };
+    let Some((got, expected)) = rest.split_once(", expected ") else { return msg.to_string() };
+    let expected = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" | "i32" | "i64" => "an integer",
+        "f64" | "f32" => "a number",
+        "a boolean" | "bool" => "true or false",
+        "a string" | "string" => "a string",
+        e if e.starts_with("struct ") || e.starts_with("a map") => "a mapping",
+        e if e.starts_with("a sequence") => "a list",
+        e => e,
+    };
+    let got = got
+        .strip_prefix("string ")
+        .map(str::to_string)
+        .or_else(|| got.strip_prefix("integer ").map(|n| n.trim_matches('`').to_string()))
+        .or_else(|| got.strip_prefix("floating point ").map(|n| n.trim_matches('`').to_string()))
+        .unwrap_or_else(|| got.to_string());
+    format!("expected {expected}, got {got}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn err(yaml: &str) -> String {
+        let e = BridgeConfig::from_yaml(yaml).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Config);
+        e.message().to_string()
+    }
+
+    #[test]
+    fn empty_is_the_embedded_default() {
+        let c = BridgeConfig::from_yaml("").unwrap();
+        assert!(!c.security_enabled());
+        assert_eq!(c.bridge.port, 8000);
+        assert!(c.services.is_empty());
+    }
+
+    #[test]
+    fn seed_sections_load_verbatim() {
+        let c = BridgeConfig::from_yaml(
+            "bridge:\n  host: localhost\n  port: 8000\n  max_connections: 100\n  connection_timeout: 30\n  retry_attempts: 3\n  retry_delay: 5\n\
+             security:\n  auth_type: token\n  token_expiry: 3600\n  rate_limit: 1000\n  allowed_origins:\n    - https://api.example.com\n    - https://service.example.com\n\
+             monitoring:\n  metrics_enabled: true\n  health_check_interval: 30\n  log_level: INFO\n  alert_threshold: 0.9\n",
+        )
+        .unwrap();
+        assert_eq!(c.bridge.retry_delay.get(), Duration::from_secs(5));
+        assert!(c.security_enabled());
+        assert_eq!(c.security.unwrap().rate_limit.unwrap().per_second, 1000.0);
+        assert_eq!(c.monitoring.alert_threshold, 0.9);
+    }
+
+    #[test]
+    fn wrong_type_names_the_path() {
+        assert_eq!(err("bridge:\n  max_connections: many\n"), "bridge.max_connections: expected an integer, got \"many\"");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_path() {
+        let m = err("bridge:\n  max_conections: 5\n");
+        assert!(m.starts_with("bridge"), "{m}");
+        assert!(m.contains("max_conections"), "{m}");
+        let m = err("nope: 1\n");
+        assert!(m.contains("nope"), "{m}");
+    }
+
+    #[test]
+    fn durations_and_rates() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert_eq!(parse_rate("60/min").unwrap().per_second, 1.0);
+        assert_eq!(parse_rate("10").unwrap().per_second, 10.0);
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("ten/s").is_err());
+        let m = err("bridge:\n  retry_delay: soon\n");
+        assert!(m.starts_with("bridge.retry_delay: "), "{m}");
+    }
+
+    #[test]
+    fn env_expansion() {
+        let env = |n: &str| match n {
+            "PORT" => Some("9001".to_string()),
+            "KEY" => Some("s3cr3t".to_string()),
+            _ => None,
+        };
+        let mut v = serde_json::json!({"a": "${PORT}", "b": "x-${KEY}-$$-${PORT}", "c": ["${KEY}"]});
+        expand_env(&mut v, &mut String::new(), &env).unwrap();
+        assert_eq!(v, serde_json::json!({"a": 9001, "b": "x-s3cr3t-$-9001", "c": ["s3cr3t"]}));
+        let mut v = serde_json::json!({"services": {"w": {"token": "${MISSING}"}}});
+        let e = expand_env(&mut v, &mut String::new(), &env).unwrap_err();
+        assert!(e.message().starts_with("services.w.token: environment variable MISSING is not set"), "{}", e.message());
+    }
+
+    #[test]
+    fn routes_must_name_known_services() {
+        let m = err("routes:\n  - pattern: a.>\n    service: ghost\n");
+        assert!(m.starts_with("routes[0].service: no service named \"ghost\""), "{m}");
+        let m = err("routes:\n  - pattern: a.>.b\n");
+        assert!(m.starts_with("routes[0].pattern:"), "{m}");
+    }
+
+    #[test]
+    fn api_keys_must_be_hashes() {
+        let m = err("security:\n  api_keys:\n    - principal: p\n      sha256: dk_live_plaintext\n");
+        assert!(m.starts_with("security.api_keys[0].sha256:"), "{m}");
+    }
+
+    #[test]
+    fn secrets_do_not_debug_print() {
+        let s = Secret::new("hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let a = ServiceAuth::Bearer { token: s };
+        assert!(!format!("{a:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn oidc_rejects_alg_none() {
+        let m = err("security:\n  oidc:\n    issuer: https://i\n    audience: [a]\n    jwks: {keys: []}\n    algorithms: [none]\n");
+        assert!(m.starts_with("security.oidc.algorithms"), "{m}");
+    }
+}
