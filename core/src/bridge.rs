@@ -576,13 +576,15 @@ impl BridgeManager {
             return Err(acct.reject_quiet(BridgeError::shutdown()));
         }
         let Some(route) = self.inner.routes.read().resolve(&msg.destination).cloned() else {
-            let e = BridgeError::new(ErrorCode::RouteNotFound, format!("no route matches {:?} any more", msg.destination));
+            let e =
+                BridgeError::new(ErrorCode::RouteNotFound, format!("no route matches {:?} any more", msg.destination));
             self.inner.store_dead_letter(DeadLetter { error: e.clone(), ..letter });
             return Err(acct.reject_quiet(e));
         };
         let deadline = Instant::now() + route.timeout.unwrap_or(self.inner.config.bridge.request_timeout.get());
         msg.deadline = Some(deadline);
-        let mut call = Call { acct, msg, route, principal: None, deadline, permit: None, admitted: false, rated: false };
+        let mut call =
+            Call { acct, msg, route, principal: None, deadline, permit: None, admitted: false, rated: false };
         call.acct.route = Some(call.route.stats.clone());
         call.route.stats.accept();
         call.admit().await?;
@@ -843,7 +845,11 @@ impl Call {
                     for b in booked {
                         b.refund();
                     }
-                    let which = ["the principal's rate limit (security.rate_limit)", "the route's rate limit", "the service's rate limit"][i];
+                    let which = [
+                        "the principal's rate limit (security.rate_limit)",
+                        "the route's rate limit",
+                        "the service's rate limit",
+                    ][i];
                     return Err(BridgeError::rate_limited(
                         format!("{which} was hit; retry after {:.3}s", retry_after.as_secs_f64()),
                         retry_after,

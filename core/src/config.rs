@@ -568,8 +568,9 @@ fn rate_from(per_second: f64) -> Option<Rate> {
 impl<'de> Deserialize<'de> for Rate {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         match NumOrStr::deserialize(d)? {
-            NumOrStr::Num(n) => rate_from(n)
-                .ok_or_else(|| serde::de::Error::custom(format!("expected a rate above 0, got {n}"))),
+            NumOrStr::Num(n) => {
+                rate_from(n).ok_or_else(|| serde::de::Error::custom(format!("expected a rate above 0, got {n}")))
+            }
             NumOrStr::Str(s) => parse_rate(&s).map_err(serde::de::Error::custom),
         }
     }
@@ -623,7 +624,10 @@ impl BridgeConfig {
     /// Build from a JSON-shaped value (a binding's dict), with `${VAR}` expansion.
     pub fn from_value(mut value: serde_json::Value) -> Result<Self> {
         if !value.is_object() {
-            return Err(BridgeError::config("", "the configuration must be a mapping with sections like `bridge:` and `security:`"));
+            return Err(BridgeError::config(
+                "",
+                "the configuration must be a mapping with sections like `bridge:` and `security:`",
+            ));
         }
         expand_env(&mut value, &mut String::new(), &|name| std::env::var(name).ok())?;
         let config: BridgeConfig = serde_path_to_error::deserialize(value).map_err(|e| {
@@ -659,7 +663,8 @@ impl BridgeConfig {
                 format!("must be between 0 and 1, got {}", m.alert_threshold),
             ));
         }
-        if !["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"].contains(&m.log_level.to_ascii_uppercase().as_str()) {
+        if !["TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"].contains(&m.log_level.to_ascii_uppercase().as_str())
+        {
             return Err(BridgeError::config(
                 "monitoring.log_level",
                 format!("expected TRACE, DEBUG, INFO, WARN or ERROR, got {:?}", m.log_level),
@@ -676,8 +681,9 @@ impl BridgeConfig {
             if !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
                 return Err(BridgeError::config(&path, "service names use letters, digits, `_` and `-`"));
             }
-            let url = url::Url::parse(&svc.url)
-                .map_err(|e| BridgeError::config(&format!("{path}.url"), format!("not a valid URL ({e}): {:?}", svc.url)))?;
+            let url = url::Url::parse(&svc.url).map_err(|e| {
+                BridgeError::config(&format!("{path}.url"), format!("not a valid URL ({e}): {:?}", svc.url))
+            })?;
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(BridgeError::config(&format!("{path}.url"), "must be an http:// or https:// URL"));
             }
@@ -714,7 +720,10 @@ impl BridgeConfig {
             if let Some(m) = &r.method
                 && !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&m.to_ascii_uppercase().as_str())
             {
-                return Err(BridgeError::config(&format!("{path}.method"), format!("expected GET, POST, PUT, PATCH or DELETE, got {m:?}")));
+                return Err(BridgeError::config(
+                    &format!("{path}.method"),
+                    format!("expected GET, POST, PUT, PATCH or DELETE, got {m:?}"),
+                ));
             }
             if r.queue_size == Some(0) {
                 return Err(BridgeError::config(&format!("{path}.queue_size"), "must be at least 1"));
@@ -737,7 +746,10 @@ impl SecurityConfig {
         let mut seen = std::collections::HashSet::new();
         for (i, k) in self.signing_keys.iter().enumerate() {
             if !seen.insert(&k.id) {
-                return Err(BridgeError::config(&format!("security.signing_keys[{i}].id"), format!("duplicate key id {:?}", k.id)));
+                return Err(BridgeError::config(
+                    &format!("security.signing_keys[{i}].id"),
+                    format!("duplicate key id {:?}", k.id),
+                ));
             }
         }
         for (i, k) in self.api_keys.iter().enumerate() {
@@ -750,29 +762,47 @@ impl SecurityConfig {
             }
             for r in &k.roles {
                 if !self.roles.contains_key(r) {
-                    return Err(BridgeError::config(&format!("{path}.roles"), format!("no role named {r:?} under security.roles")));
+                    return Err(BridgeError::config(
+                        &format!("{path}.roles"),
+                        format!("no role named {r:?} under security.roles"),
+                    ));
                 }
             }
         }
         for (name, role) in &self.roles {
-            for (action, list) in
-                [("route", &role.route), ("publish", &role.publish), ("handle", &role.handle), ("admin", &role.admin), ("deny", &role.deny)]
-            {
+            for (action, list) in [
+                ("route", &role.route),
+                ("publish", &role.publish),
+                ("handle", &role.handle),
+                ("admin", &role.admin),
+                ("deny", &role.deny),
+            ] {
                 for (i, p) in list.iter().enumerate() {
-                    validate_pattern(p).map_err(|e| BridgeError::config(&format!("security.roles.{name}.{action}[{i}]"), e.message()))?;
+                    validate_pattern(p).map_err(|e| {
+                        BridgeError::config(&format!("security.roles.{name}.{action}[{i}]"), e.message())
+                    })?;
                 }
             }
         }
         if let Some(o) = &self.oidc {
             if o.jwks.is_none() && o.jwks_file.is_none() {
-                return Err(BridgeError::config("security.oidc", "give the issuer's keys as `jwks` (inline) or `jwks_file`"));
+                return Err(BridgeError::config(
+                    "security.oidc",
+                    "give the issuer's keys as `jwks` (inline) or `jwks_file`",
+                ));
             }
             if o.algorithms.is_empty() {
-                return Err(BridgeError::config("security.oidc.algorithms", "list at least one algorithm, e.g. [RS256]"));
+                return Err(BridgeError::config(
+                    "security.oidc.algorithms",
+                    "list at least one algorithm, e.g. [RS256]",
+                ));
             }
             for a in &o.algorithms {
                 if a.eq_ignore_ascii_case("none") || a.parse::<jsonwebtoken::Algorithm>().is_err() {
-                    return Err(BridgeError::config("security.oidc.algorithms", format!("{a:?} is not an accepted algorithm")));
+                    return Err(BridgeError::config(
+                        "security.oidc.algorithms",
+                        format!("{a:?} is not an accepted algorithm"),
+                    ));
                 }
             }
         }
@@ -782,7 +812,10 @@ impl SecurityConfig {
             }
             for (i, k) in ms.keys.iter().enumerate() {
                 if k.secret.expose().len() < 32 {
-                    return Err(BridgeError::config(&format!("security.message_signing.keys[{i}].secret"), "must be at least 32 bytes"));
+                    return Err(BridgeError::config(
+                        &format!("security.message_signing.keys[{i}].secret"),
+                        "must be at least 32 bytes",
+                    ));
                 }
             }
         }
@@ -796,11 +829,7 @@ impl SecurityConfig {
 /// Replace `${VAR}` in every string; `$$` is a literal `$`. A string that is
 /// exactly one `${VAR}` whose value reads as a number or boolean becomes that
 /// number or boolean, so `port: ${PORT}` works.
-fn expand_env(
-    value: &mut serde_json::Value,
-    path: &mut String,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<()> {
+fn expand_env(value: &mut serde_json::Value, path: &mut String, lookup: &dyn Fn(&str) -> Option<String>) -> Result<()> {
     use serde_json::Value;
     match value {
         Value::String(s) if s.contains('$') => {
@@ -928,7 +957,10 @@ mod tests {
 
     #[test]
     fn wrong_type_names_the_path() {
-        assert_eq!(err("bridge:\n  max_connections: many\n"), "bridge.max_connections: expected an integer, got \"many\"");
+        assert_eq!(
+            err("bridge:\n  max_connections: many\n"),
+            "bridge.max_connections: expected an integer, got \"many\""
+        );
     }
 
     #[test]
@@ -968,7 +1000,11 @@ mod tests {
         assert_eq!(v, serde_json::json!({"a": 9001, "b": "x-s3cr3t-$-9001", "c": ["s3cr3t"]}));
         let mut v = serde_json::json!({"services": {"w": {"token": "${MISSING}"}}});
         let e = expand_env(&mut v, &mut String::new(), &env).unwrap_err();
-        assert!(e.message().starts_with("services.w.token: environment variable MISSING is not set"), "{}", e.message());
+        assert!(
+            e.message().starts_with("services.w.token: environment variable MISSING is not set"),
+            "{}",
+            e.message()
+        );
     }
 
     #[test]
@@ -995,7 +1031,9 @@ mod tests {
 
     #[test]
     fn oidc_rejects_alg_none() {
-        let m = err("security:\n  oidc:\n    issuer: https://i\n    audience: [a]\n    jwks: {keys: []}\n    algorithms: [none]\n");
+        let m = err(
+            "security:\n  oidc:\n    issuer: https://i\n    audience: [a]\n    jwks: {keys: []}\n    algorithms: [none]\n",
+        );
         assert!(m.starts_with("security.oidc.algorithms"), "{m}");
     }
 }

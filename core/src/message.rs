@@ -126,10 +126,7 @@ impl Message {
 
     /// The first header with this name (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// Time left before the deadline (`None`: no deadline).
@@ -141,11 +138,8 @@ impl Message {
     /// dead letters: `id`, `destination`, `payload`, `headers`, `source`,
     /// `timestamp`, `priority`.
     pub fn to_json(&self) -> serde_json::Value {
-        let headers: serde_json::Map<String, serde_json::Value> = self
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
+        let headers: serde_json::Map<String, serde_json::Value> =
+            self.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
         serde_json::json!({
             "id": self.id.to_string(),
             "destination": self.destination,
@@ -160,10 +154,7 @@ impl Message {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Limits applied by [`validate`]; from the `limits` config section.

@@ -47,7 +47,10 @@ impl ConnectionManager {
     pub async fn shutdown(&self) {}
     /// Compile a `routes` entry that names a service.
     pub fn service_route(&self, route: &RouteConfig) -> Result<Arc<ServiceRoute>> {
-        Ok(Arc::new(ServiceRoute { pattern: route.pattern.clone(), service: route.service.clone().unwrap_or_default() }))
+        Ok(Arc::new(ServiceRoute {
+            pattern: route.pattern.clone(),
+            service: route.service.clone().unwrap_or_default(),
+        }))
     }
     /// Deliver a message within its deadline, with retries; the reply payload.
     pub async fn deliver(&self, _route: &ServiceRoute, _msg: &Message) -> Result<Payload> {

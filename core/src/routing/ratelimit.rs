@@ -77,7 +77,8 @@ impl Gcra {
     /// Give back a cell booked by `reserve` that was not used (the caller
     /// gave up), so that a cancelled wait does not cost the others.
     pub fn refund(&self) {
-        let _ = self.tat.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| Some(t.saturating_sub(self.emission_ns)));
+        let _ =
+            self.tat.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |t| Some(t.saturating_sub(self.emission_ns)));
     }
 }
 

@@ -16,7 +16,9 @@ fn is_token_byte(b: u8) -> bool {
 /// Check a concrete destination subject (no wildcards).
 pub fn validate_subject(subject: &str) -> Result<()> {
     if subject.is_empty() {
-        return Err(BridgeError::invalid("destination is empty: use dot-separated tokens like `services.weather.current`"));
+        return Err(BridgeError::invalid(
+            "destination is empty: use dot-separated tokens like `services.weather.current`",
+        ));
     }
     for token in subject.split('.') {
         if token.is_empty() {
@@ -36,7 +38,9 @@ pub fn validate_subject(subject: &str) -> Result<()> {
 /// Check a pattern: tokens, `*` for one token, `>` only as the last token.
 pub fn validate_pattern(pattern: &str) -> Result<()> {
     if pattern.is_empty() {
-        return Err(BridgeError::invalid("pattern is empty: use tokens, `*` and a trailing `>`, e.g. `services.weather.>`"));
+        return Err(BridgeError::invalid(
+            "pattern is empty: use tokens, `*` and a trailing `>`, e.g. `services.weather.>`",
+        ));
     }
     let mut tokens = pattern.split('.').peekable();
     while let Some(token) = tokens.next() {
@@ -45,9 +49,7 @@ pub fn validate_pattern(pattern: &str) -> Result<()> {
             "*" => {}
             ">" if last => {}
             ">" => {
-                return Err(BridgeError::invalid(format!(
-                    "pattern {pattern:?}: `>` must be the last token"
-                )));
+                return Err(BridgeError::invalid(format!("pattern {pattern:?}: `>` must be the last token")));
             }
             "" => {
                 return Err(BridgeError::invalid(format!(

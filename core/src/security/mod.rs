@@ -83,7 +83,9 @@ impl Credentials {
     /// From the credential dict every binding takes: `{"api_key": ...}` or `{"token": ...}`.
     pub fn from_json(v: &serde_json::Value) -> Result<Self> {
         let obj = v.as_object().ok_or_else(|| {
-            BridgeError::unauthenticated("credentials must be a mapping like {\"api_key\": \"...\"} or {\"token\": \"<jwt>\"}")
+            BridgeError::unauthenticated(
+                "credentials must be a mapping like {\"api_key\": \"...\"} or {\"token\": \"<jwt>\"}",
+            )
         })?;
         if let Some(k) = obj.get("api_key").and_then(|k| k.as_str()) {
             return Ok(Credentials::ApiKey(k.to_string()));
