@@ -50,7 +50,7 @@
 //! after it is unregistered (and resumes them if it comes back).
 
 mod alerts;
-pub mod histogram;
+mod histogram;
 mod prometheus;
 
 use std::collections::BTreeMap;
@@ -65,7 +65,8 @@ use serde::{Deserialize, Serialize};
 use crate::config::MonitoringConfig;
 use crate::error::ErrorCode;
 
-pub use histogram::{Histogram, HistogramCounts, LatencySnapshot};
+pub use histogram::LatencySnapshot;
+use histogram::{Histogram, HistogramCounts};
 
 /// At most this many principals get their own counters; later ones share
 /// the [`OTHER_PRINCIPALS`] scope, so that many distinct OIDC subjects
@@ -103,7 +104,6 @@ fn code_index(code: ErrorCode) -> usize {
 }
 
 /// Message counters for one scope (all, a route, a principal).
-#[derive(Debug)]
 pub struct MessageStats {
     enabled: bool,
     accepted: AtomicU64,
@@ -115,6 +115,21 @@ pub struct MessageStats {
     errors: [AtomicU64; CODES],
     queue_depth: AtomicU64,
     latency: Histogram,
+}
+
+impl std::fmt::Debug for MessageStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = self.snapshot();
+        f.debug_struct("MessageStats")
+            .field("enabled", &self.enabled)
+            .field("accepted", &s.accepted)
+            .field("ok", &s.ok)
+            .field("failed", &s.failed)
+            .field("cancelled", &s.cancelled)
+            .field("rejected", &s.rejected)
+            .field("in_flight", &s.in_flight)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for MessageStats {
@@ -346,7 +361,6 @@ impl HealthStatus {
 /// With `metrics_enabled: false` the counters stay at zero, but the breaker
 /// and health states are still kept (they are rare events, and the
 /// snapshot would be misleading without them).
-#[derive(Debug)]
 pub struct ServiceStats {
     enabled: bool,
     active: AtomicI64,
@@ -362,6 +376,19 @@ pub struct ServiceStats {
     /// interval evaluated yet). Written by `evaluate_alerts`.
     interval_requests: AtomicU64,
     interval_us: AtomicU64,
+}
+
+impl std::fmt::Debug for ServiceStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (requests, failures) = self.requests_failures();
+        f.debug_struct("ServiceStats")
+            .field("enabled", &self.enabled)
+            .field("requests", &requests)
+            .field("failures", &failures)
+            .field("breaker", &self.breaker())
+            .field("health", &self.health())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for ServiceStats {
@@ -626,14 +653,19 @@ pub struct MetricsCollector {
     /// Handed out for routes and principals when metrics are off, so the
     /// hot path neither records nor touches a map.
     inert: Arc<MessageStats>,
-    routes: DashMap<String, Arc<MessageStats>>,
-    principals: DashMap<String, Arc<MessageStats>>,
-    services: DashMap<String, Arc<ServiceStats>>,
+    routes: ScopeMap<MessageStats>,
+    principals: ScopeMap<MessageStats>,
+    services: ScopeMap<ServiceStats>,
     dead_stored: AtomicU64,
     dead_evicted: AtomicU64,
     alerts: tokio::sync::broadcast::Sender<Alert>,
     alert_state: Mutex<alerts::AlertState>,
 }
+
+/// Scope name → stats. foldhash rather than SipHash: the principal map is
+/// read on every call, keys are short, and the names come from
+/// authenticated identities (at most [`MAX_PRINCIPALS`] of them).
+type ScopeMap<T> = DashMap<String, Arc<T>, foldhash::fast::RandomState>;
 
 /// Alert events a slow subscriber may fall behind by before it misses some.
 const ALERT_CHANNEL_CAPACITY: usize = 256;
@@ -649,9 +681,9 @@ impl MetricsCollector {
             started,
             totals: Arc::new(MessageStats::with_enabled(enabled)),
             inert: Arc::new(MessageStats::with_enabled(false)),
-            routes: DashMap::new(),
-            principals: DashMap::new(),
-            services: DashMap::new(),
+            routes: ScopeMap::default(),
+            principals: ScopeMap::default(),
+            services: ScopeMap::default(),
             dead_stored: AtomicU64::new(0),
             dead_evicted: AtomicU64::new(0),
             alerts: tokio::sync::broadcast::channel(ALERT_CHANNEL_CAPACITY).0,
@@ -690,7 +722,7 @@ impl MetricsCollector {
         Self::scope(&self.principals, name, self.enabled)
     }
 
-    fn scope(map: &DashMap<String, Arc<MessageStats>>, name: &str, enabled: bool) -> Arc<MessageStats> {
+    fn scope(map: &ScopeMap<MessageStats>, name: &str, enabled: bool) -> Arc<MessageStats> {
         if let Some(s) = map.get(name) {
             return s.clone();
         }
@@ -741,7 +773,7 @@ impl MetricsCollector {
 
     /// Prometheus text exposition (format 0.0.4).
     pub fn prometheus_text(&self) -> String {
-        let sorted = |map: &DashMap<String, Arc<MessageStats>>| {
+        let sorted = |map: &ScopeMap<MessageStats>| {
             let mut v: Vec<(String, MessageCounts)> = map.iter().map(|e| (e.key().clone(), e.value().read())).collect();
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
