@@ -48,6 +48,23 @@
 //! from acceptance to the outcome, whatever the outcome. Counters count
 //! since the collector was created; `routes` keeps a pattern's counters
 //! after it is unregistered (and resumes them if it comes back).
+//!
+//! # Alerts
+//!
+//! A route's success ratio over an interval is `ok / (ok + failed)` of the
+//! messages that finished in it (cancelled and rejected ones are the
+//! caller's or the admission policy's doing, not the route's); a service's
+//! is `(requests - failures) / requests` of its attempts. Below
+//! `alert_threshold` with at least [`MIN_ALERT_MESSAGES`] judged messages,
+//! an [`Alert`] goes to every [`MetricsCollector::subscribe_alerts`]
+//! receiver and to `tracing::warn!`, once: the scope alerts again only after
+//! an interval at or above the threshold.
+//!
+//! # `metrics_enabled: false`
+//!
+//! Every recording call returns at once. `route` and `principal` hand out
+//! one shared inert scope (no map access), so the snapshot has no routes or
+//! principals and zero totals; services still show breaker and health.
 
 mod alerts;
 mod histogram;
@@ -701,7 +718,8 @@ impl MetricsCollector {
         &self.totals
     }
 
-    /// Counters of one route pattern (the same ones for the same pattern).
+    /// Counters of one route pattern (the same ones for the same pattern;
+    /// a shared inert scope when metrics are off).
     pub fn route(&self, pattern: &str) -> Arc<MessageStats> {
         if !self.enabled {
             return self.inert.clone();
@@ -710,7 +728,8 @@ impl MetricsCollector {
     }
 
     /// Counters of one principal. Called per message: a map read when the
-    /// principal was seen before.
+    /// principal was seen before; nothing when metrics are off. Past
+    /// [`MAX_PRINCIPALS`] names, new ones share [`OTHER_PRINCIPALS`].
     pub fn principal(&self, name: &str) -> Arc<MessageStats> {
         if !self.enabled {
             return self.inert.clone();
