@@ -4,7 +4,7 @@
 //! The RSA key pair under `tests/fixtures/` is test-only (made once with
 //! `openssl genrsa 2048`); it stands in for an OIDC issuer's signing key.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -60,7 +60,7 @@ impl Drop for Fixture {
 }
 
 /// `keys` lists the bridge-token keys, first signs.
-fn config(keys: &[(&str, &str)], audit: &PathBuf) -> String {
+fn config(keys: &[(&str, &str)], audit: &Path) -> String {
     let keys: String = keys.iter().map(|(id, s)| format!("    - id: {id}\n      secret: {s}\n")).collect();
     format!(
         r#"

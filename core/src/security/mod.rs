@@ -210,7 +210,7 @@ impl SecurityManager {
                         // Only roles this bridge defines mean anything here.
                         let roles: Arc<[Arc<str>]> =
                             id.roles.iter().filter(|r| s.access.has_role(r)).map(|r| Arc::from(r.as_str())).collect();
-                        (id.principal, roles, Some(id.expires_at))
+                        (id.principal, roles, id.expires_at)
                     }),
                 },
             ),

@@ -38,8 +38,9 @@ pub struct OidcIdentity {
     pub principal: Arc<str>,
     /// From `roles_claim`.
     pub roles: Vec<String>,
-    /// The external token's expiry, Unix seconds.
-    pub expires_at: u64,
+    /// The external token's expiry, Unix seconds (`exp` is required, so
+    /// `None` only if it was not a plain number).
+    pub expires_at: Option<u64>,
 }
 
 /// The configured issuer and its keys.
@@ -228,7 +229,8 @@ impl OidcVerifier {
                 ));
             }
         };
-        let expires_at = claims.get("exp").and_then(|v| v.as_u64()).unwrap_or(0);
+        // NumericDate may have a fraction; whole seconds are enough here.
+        let expires_at = claims.get("exp").and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)));
         Ok(OidcIdentity { principal, roles, expires_at })
     }
 }
@@ -279,6 +281,11 @@ mod tests {
         let id = v.verify(&token(Some("h1"), good_claims())).unwrap();
         assert_eq!(&*id.principal, "alice");
         assert_eq!(id.roles, vec!["agent", "viewer"]);
+        assert!(id.expires_at.is_some_and(|e| e > unix_now()));
+        // A fractional exp still caps the bridge token sensibly.
+        let mut c = good_claims();
+        c["exp"] = serde_json::json!(unix_now() as f64 + 60.5);
+        assert!(v.verify(&token(Some("h1"), c)).unwrap().expires_at.is_some_and(|e| e > unix_now()));
         // Without a kid the single key is used.
         assert!(v.verify(&token(None, good_claims())).is_ok());
     }
