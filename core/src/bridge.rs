@@ -483,9 +483,7 @@ impl BridgeManager {
         // 2. authenticate, 3. authorize
         let principal = if inner.security.enabled() {
             let Some(token) = opts.token.as_deref() else {
-                return Err(acct.reject(BridgeError::unauthenticated(
-                    "security is on and no token was given: call authenticate() and pass its token",
-                )));
+                return Err(acct.reject(inner.security.missing_token(action, &msg.destination)));
             };
             let principal = match inner.security.verify(token) {
                 Ok(p) => p,

@@ -395,6 +395,7 @@ async fn audit_file_records_decisions_without_secrets() {
     call(&f.bridge, Some(&planner), "agents.echo").await.unwrap();
     let _ = call(&f.bridge, Some(&planner), "agents.admin").await;
     let _ = call(&f.bridge, Some("garbage"), "agents.echo").await;
+    let _ = call(&f.bridge, None, "agents.echo").await;
     let msg = Message::new("agents.echo", json!(null));
     let sig = f.bridge.security().sign_message("m1", &msg).unwrap();
     f.bridge.security().verify_message(&msg, &sig).unwrap();
@@ -420,9 +421,12 @@ async fn audit_file_records_decisions_without_secrets() {
     assert_eq!(routed[0]["resource"], "agents.echo");
     assert_eq!(routed[0]["role"], "agent");
     let denied = find("route", "deny");
-    assert_eq!(denied.len(), 1);
+    assert_eq!(denied.len(), 2);
     assert_eq!(denied[0]["resource"], "agents.admin");
     assert_eq!(denied[0]["reason"], "denied by role");
+    assert_eq!(denied[1]["resource"], "agents.echo");
+    assert_eq!(denied[1]["reason"], "missing token");
+    assert!(denied[1]["principal"].is_null());
     assert_eq!(find("verify", "deny")[0]["reason"], "malformed");
     assert_eq!(find("verify_message", "allow").len(), 1);
     assert_eq!(find("verify_message", "deny")[0]["reason"], "replayed");

@@ -246,6 +246,22 @@ impl SecurityManager {
         }
     }
 
+    /// The refusal for a call that came without a token (audited).
+    pub fn missing_token(&self, action: Action, resource: &str) -> BridgeError {
+        if let Some(s) = self.inner.as_deref() {
+            s.audit.record(Record {
+                time_ms: now_millis(),
+                action: action.as_str(),
+                principal: None,
+                resource: Cow::Owned(resource.to_string()),
+                decision: Decision::Deny,
+                reason: Cow::Borrowed("missing token"),
+                role: None,
+            });
+        }
+        BridgeError::unauthenticated("security is on and no token was given: call authenticate() and pass its token")
+    }
+
     /// Allow or refuse `action` on `resource`; deny wins; audited.
     #[inline]
     pub fn authorize(&self, principal: &Principal, action: Action, resource: &str) -> Result<()> {
