@@ -55,16 +55,20 @@ pub struct Forbidden {
     pub error: BridgeError,
 }
 
+/// Role name → policy. foldhash rather than SipHash: this lookup runs per
+/// call, and role names come from the configuration and signed tokens.
+type RoleMap = HashMap<Arc<str>, RolePolicy, foldhash::fast::RandomState>;
+
 /// Compiled role policies.
 #[derive(Debug, Default)]
 pub struct AccessControl {
-    roles: HashMap<Arc<str>, RolePolicy>,
+    roles: RoleMap,
 }
 
 impl AccessControl {
     /// Compile `security.roles` (patterns already validated by the config).
     pub fn new<'a>(roles: impl IntoIterator<Item = (&'a String, &'a RoleConfig)>) -> Result<Self> {
-        let mut out = HashMap::new();
+        let mut out = RoleMap::default();
         for (name, cfg) in roles {
             let name: Arc<str> = Arc::from(name.as_str());
             let mut policy = RolePolicy {
