@@ -333,7 +333,7 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub breaker_cooldown: Option<Seconds>,
     /// Failure ratio over the last 20 attempts (at least 10 seen) that also
-    /// opens the breaker (default 0.5; 0 to 1).
+    /// opens the breaker (default 0.5; 0 to 1; 1 turns this rule off).
     #[serde(default)]
     pub breaker_failure_rate: Option<f64>,
     /// Retries allowed as a fraction of requests (default 0.2), on top of a
@@ -516,7 +516,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 }
 
 fn seconds_to_duration(s: f64) -> Option<Duration> {
-    (s.is_finite() && s >= 0.0 && s < 1e12).then(|| Duration::from_secs_f64(s))
+    (s.is_finite() && (0.0..1e12).contains(&s)).then(|| Duration::from_secs_f64(s))
 }
 
 impl<'de> Deserialize<'de> for Seconds {
@@ -713,7 +713,10 @@ impl BridgeConfig {
                 if let Some(v) = v
                     && !(0.0..=1.0).contains(&v)
                 {
-                    return Err(BridgeError::config(&format!("{path}.{key}"), format!("must be between 0 and 1, got {v}")));
+                    return Err(BridgeError::config(
+                        &format!("{path}.{key}"),
+                        format!("must be between 0 and 1, got {v}"),
+                    ));
                 }
             }
             if svc.max_response_bytes == Some(0) {

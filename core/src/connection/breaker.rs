@@ -4,7 +4,7 @@
 //! caller's deadline and piles load on the service as it tries to recover.
 //! The breaker opens after `breaker_failures` consecutive failures, or when
 //! the failure ratio over the last [`WINDOW`] attempts reaches
-//! `breaker_failure_rate`; while open, calls fail at once. After
+//! `breaker_failure_rate` (1 turns this rule off); while open, calls fail at once. After
 //! `breaker_cooldown` exactly one probe goes through (half-open): success
 //! closes the breaker, failure opens it for another cooldown.
 //!
@@ -134,7 +134,10 @@ impl CircuitBreaker {
         } else {
             s.consecutive = s.consecutive.saturating_add(1);
             let failed = s.window.iter().filter(|ok| !**ok).count();
-            let ratio_trips = s.window.len() >= MIN_SAMPLES && failed as f64 >= self.failure_rate * s.window.len() as f64;
+            // A rate of 1 (or more) turns the ratio rule off.
+            let ratio_trips = self.failure_rate < 1.0
+                && s.window.len() >= MIN_SAMPLES
+                && failed as f64 >= self.failure_rate * s.window.len() as f64;
             match s.mode {
                 BreakerState::HalfOpen if probe => Some(BreakerState::Open),
                 BreakerState::Closed if s.consecutive >= self.failures_to_open || ratio_trips => {

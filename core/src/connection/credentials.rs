@@ -34,7 +34,11 @@ const MAX_TOKEN_RESPONSE: usize = 64 * 1024;
 pub(crate) enum Credentials {
     None,
     /// A fixed header (bearer, api key, basic), already encoded.
-    Static { name: HeaderName, value: HeaderValue, secrets: Vec<String> },
+    Static {
+        name: HeaderName,
+        value: HeaderValue,
+        secrets: Vec<String>,
+    },
     OAuth2(Box<OAuth2>),
 }
 

@@ -93,7 +93,8 @@ impl PathTemplate {
             } else {
                 let end = rest.find('{').unwrap_or(rest.len());
                 let lit = &rest[..end];
-                if let Some(c) = lit.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(*c))) {
+                if let Some(c) = lit.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=:@/".contains(*c)))
+                {
                     return Err(format!(
                         "{template:?} has {c:?}; literal parts may use letters, digits, `/` and -._~!$&'()*+,;=:@"
                     ));
@@ -327,13 +328,14 @@ struct Prepared {
 impl ServiceClient {
     pub fn new(name: &str, svc: &ServiceConfig, cfg: &BridgeConfig, stats: Arc<ServiceStats>) -> Result<Self> {
         let path = format!("services.{name}");
-        let base =
-            Url::parse(&svc.url).map_err(|e| BridgeError::config(&format!("{path}.url"), format!("not a URL ({e})")))?;
+        let base = Url::parse(&svc.url)
+            .map_err(|e| BridgeError::config(&format!("{path}.url"), format!("not a URL ({e})")))?;
         let b = &cfg.bridge;
         let max_connections = svc.max_connections.unwrap_or(b.max_connections).max(1);
         let connection_timeout = b.connection_timeout.get();
         let has_auth = svc.auth.is_some();
-        let redirect = if svc.follow_redirects { redirect_policy(&base, has_auth) } else { reqwest::redirect::Policy::none() };
+        let redirect =
+            if svc.follow_redirects { redirect_policy(&base, has_auth) } else { reqwest::redirect::Policy::none() };
         let client = reqwest::Client::builder()
             .connect_timeout(connection_timeout)
             .pool_max_idle_per_host(max_connections)
@@ -342,13 +344,17 @@ impl ServiceClient {
             .user_agent(concat!("dreamos-bridge/", env!("CARGO_PKG_VERSION")))
             .redirect(redirect)
             .build()
-            .map_err(|e| BridgeError::config(&path, format!("cannot build an HTTP client: {}", describe_reqwest(&e))))?;
+            .map_err(|e| {
+                BridgeError::config(&path, format!("cannot build an HTTP client: {}", describe_reqwest(&e)))
+            })?;
         // The token endpoint gets its own client: never redirected.
         let token_client = reqwest::Client::builder()
             .connect_timeout(connection_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| BridgeError::config(&path, format!("cannot build an HTTP client: {}", describe_reqwest(&e))))?;
+            .map_err(|e| {
+                BridgeError::config(&path, format!("cannot build an HTTP client: {}", describe_reqwest(&e)))
+            })?;
         let credentials = Credentials::new(name, svc.auth.as_ref(), token_client)?;
         let base_str = base.as_str().trim_end_matches('/').to_string();
         let health_check = match &svc.health_check {
@@ -705,7 +711,9 @@ impl ServiceClient {
 fn set_query(url: &mut Url, payload: &Payload) -> Result<()> {
     use serde_json::Value;
     let bad = || {
-        BridgeError::invalid("GET and DELETE routes take null or a JSON object of scalar values (sent as the query string)")
+        BridgeError::invalid(
+            "GET and DELETE routes take null or a JSON object of scalar values (sent as the query string)",
+        )
     };
     match payload {
         Payload::Json(Value::Null) => Ok(()),
@@ -851,7 +859,8 @@ mod tests {
 
     #[test]
     fn templates_refuse_what_could_escape() {
-        for bad in ["v2/{rest}", "/a/../b", "//evil.com/{rest}", "/a?x={rest}", "/a#f", "/{host}", "/{9}", "/a b", "/%2e%2e"]
+        for bad in
+            ["v2/{rest}", "/a/../b", "//evil.com/{rest}", "/a?x={rest}", "/a#f", "/{host}", "/{9}", "/a b", "/%2e%2e"]
         {
             assert!(PathTemplate::parse(bad, 3).is_err(), "{bad:?}");
         }
@@ -868,7 +877,8 @@ mod tests {
 
     #[test]
     fn internal_hosts() {
-        for h in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "[::1]", "[fe80::1]", "localhost", "100.64.0.1"]
+        for h in
+            ["127.0.0.1", "10.1.2.3", "192.168.0.1", "169.254.169.254", "[::1]", "[fe80::1]", "localhost", "100.64.0.1"]
         {
             let u = Url::parse(&format!("http://{h}/")).unwrap();
             assert!(is_internal_host(u.host()), "{h}");
