@@ -28,6 +28,7 @@ pub const MIN_SAMPLES: usize = 10;
 /// One service's breaker.
 #[derive(Debug)]
 pub struct CircuitBreaker {
+    service: String,
     failures_to_open: u32,
     failure_rate: f64,
     cooldown: Duration,
@@ -56,9 +57,16 @@ pub struct Permit<'a> {
 
 impl CircuitBreaker {
     /// A closed breaker.
-    pub fn new(failures_to_open: u32, failure_rate: f64, cooldown: Duration, stats: Arc<ServiceStats>) -> Self {
+    pub fn new(
+        service: &str,
+        failures_to_open: u32,
+        failure_rate: f64,
+        cooldown: Duration,
+        stats: Arc<ServiceStats>,
+    ) -> Self {
         stats.set_breaker(BreakerState::Closed);
         CircuitBreaker {
+            service: service.to_string(),
             failures_to_open: failures_to_open.max(1),
             failure_rate,
             cooldown,
@@ -98,7 +106,7 @@ impl CircuitBreaker {
                 s.probe_out = true;
                 drop(s);
                 self.stats.set_breaker(BreakerState::HalfOpen);
-                tracing::info!("circuit breaker half-open: sending one probe");
+                tracing::info!(service = %self.service, "circuit breaker half-open: sending one probe");
                 Ok(Permit { breaker: self, probe: true, reported: false })
             }
             BreakerState::HalfOpen if s.probe_out => Err(Duration::ZERO),
@@ -154,9 +162,9 @@ impl CircuitBreaker {
             self.stats.set_breaker(mode);
             match mode {
                 BreakerState::Open => {
-                    tracing::warn!(consecutive, cooldown = ?self.cooldown, "circuit breaker opened: failing fast")
+                    tracing::warn!(service = %self.service, consecutive, cooldown = ?self.cooldown, "circuit breaker opened: failing fast")
                 }
-                _ => tracing::info!("circuit breaker closed: the service answers again"),
+                _ => tracing::info!(service = %self.service, "circuit breaker closed: the service answers again"),
             }
         }
     }
@@ -189,7 +197,7 @@ mod tests {
     use super::*;
 
     fn breaker(n: u32, cooldown: Duration) -> CircuitBreaker {
-        CircuitBreaker::new(n, 0.5, cooldown, Arc::default())
+        CircuitBreaker::new("t", n, 0.5, cooldown, Arc::default())
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub enum Signal {
 /// Health state of one service.
 #[derive(Debug)]
 pub struct HealthMonitor {
+    service: String,
     has_check: bool,
     stats: Arc<ServiceStats>,
     state: Mutex<State>,
@@ -79,9 +80,10 @@ struct State {
 
 impl HealthMonitor {
     /// A monitor; `has_check`: the service has an active `health_check`.
-    pub fn new(has_check: bool, stats: Arc<ServiceStats>) -> Self {
+    pub fn new(service: &str, has_check: bool, stats: Arc<ServiceStats>) -> Self {
         stats.set_health(HealthStatus::Up);
         HealthMonitor {
+            service: service.to_string(),
             has_check,
             stats,
             state: Mutex::new(State {
@@ -130,6 +132,11 @@ impl HealthMonitor {
         }
     }
 
+    /// The status last reported (cheap: no recomputation).
+    pub fn last_reported(&self) -> HealthStatus {
+        self.state.lock().reported
+    }
+
     /// The current health, given the breaker's state and the connections in use.
     pub fn report(&self, breaker: BreakerState, active_connections: usize) -> ServiceHealth {
         let mut s = self.state.lock();
@@ -149,9 +156,11 @@ impl HealthMonitor {
             s.reported = status;
             self.stats.set_health(status);
             match status {
-                HealthStatus::Up => tracing::info!("service is up"),
-                HealthStatus::Degraded => tracing::warn!(error_rate, "service is degraded"),
-                HealthStatus::Down => tracing::warn!(last_error = ?s.last_error, "service is down"),
+                HealthStatus::Up => tracing::info!(service = %self.service, "service is up"),
+                HealthStatus::Degraded => tracing::warn!(service = %self.service, error_rate, "service is degraded"),
+                HealthStatus::Down => {
+                    tracing::warn!(service = %self.service, last_error = ?s.last_error, "service is down")
+                }
             }
         }
         ServiceHealth {
@@ -173,7 +182,7 @@ mod tests {
 
     #[test]
     fn active_checks_drive_up_and_down() {
-        let h = HealthMonitor::new(true, Arc::default());
+        let h = HealthMonitor::new("t", true, Arc::default());
         assert_eq!(h.report(BreakerState::Closed, 0).status, HealthStatus::Up);
         h.checked(false, Some("status 503".into()));
         let r = h.report(BreakerState::Closed, 0);
@@ -187,7 +196,7 @@ mod tests {
 
     #[test]
     fn passive_signals_degrade_then_recover() {
-        let h = HealthMonitor::new(false, Arc::default());
+        let h = HealthMonitor::new("t", false, Arc::default());
         for _ in 0..9 {
             h.observe(Signal::Ok, Duration::from_millis(5), None);
         }

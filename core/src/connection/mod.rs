@@ -149,3 +149,19 @@ impl ConnectionManager {
         self.services.iter().map(|(name, s)| (name.clone(), s.health())).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::BridgeManager;
+
+    /// Bindings build bridges outside any runtime; clients must not need one.
+    #[test]
+    fn builds_outside_a_runtime() {
+        let b = BridgeManager::from_yaml(
+            "services:\n  s:\n    url: https://example.com/api\n    follow_redirects: true\n    health_check: /health\n\
+             routes:\n  - {pattern: s.>, service: s}\n",
+        )
+        .unwrap();
+        assert_eq!(b.routes(), vec!["s.>".to_string()]);
+    }
+}

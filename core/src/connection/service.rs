@@ -29,7 +29,7 @@ use super::retry::RetryManager;
 use crate::config::{BridgeConfig, RouteConfig, ServiceConfig};
 use crate::error::{BridgeError, ErrorCode, Result};
 use crate::message::{Message, Payload};
-use crate::metrics::ServiceStats;
+use crate::metrics::{HealthStatus, ServiceStats};
 use crate::routing::subject::literal_prefix_len;
 
 /// Default cap on response bodies.
@@ -336,7 +336,13 @@ impl ServiceClient {
         let has_auth = svc.auth.is_some();
         let redirect =
             if svc.follow_redirects { redirect_policy(&base, has_auth) } else { reqwest::redirect::Policy::none() };
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if svc.follow_redirects && !is_internal_host(base.host()) {
+            // Redirects may name other hosts: check what they resolve to.
+            let own = base.host_str().unwrap_or_default().to_ascii_lowercase();
+            builder = builder.dns_resolver(Arc::new(GuardedResolver { own_host: own }));
+        }
+        let client = builder
             .connect_timeout(connection_timeout)
             .pool_max_idle_per_host(max_connections)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -366,7 +372,6 @@ impl ServiceClient {
             }
             None => None,
         };
-        let interval = cfg.monitoring.health_check_interval.get();
         Ok(ServiceClient {
             name: name.to_string(),
             base_str,
@@ -381,17 +386,18 @@ impl ServiceClient {
                 svc.retry_budget.unwrap_or(0.2),
             ),
             breaker: CircuitBreaker::new(
+                name,
                 svc.breaker_failures.unwrap_or(5),
                 svc.breaker_failure_rate.unwrap_or(0.5),
                 svc.breaker_cooldown.map(|c| c.get()).unwrap_or(Duration::from_secs(30)),
                 stats.clone(),
             ),
-            health: HealthMonitor::new(health_check.is_some(), stats.clone()),
+            health: HealthMonitor::new(name, health_check.is_some(), stats.clone()),
             stats,
             max_response_bytes: svc.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             timeout: svc.timeout.map(|t| t.get()),
             health_check,
-            check_timeout: interval.min(connection_timeout.max(Duration::from_secs(1))),
+            check_timeout: connection_timeout.clamp(Duration::from_secs(1), Duration::from_secs(10)),
             base,
         })
     }
@@ -483,6 +489,9 @@ impl ServiceClient {
                     permit.success();
                     self.stats.request(true, latency);
                     self.health.observe(Signal::Ok, latency, None);
+                    if self.health.last_reported() != HealthStatus::Up {
+                        self.health();
+                    }
                     return Ok(payload);
                 }
                 Err(f) => f,
@@ -575,10 +584,17 @@ impl ServiceClient {
         req: &Prepared,
         deadline: Instant,
     ) -> std::result::Result<Payload, Failure> {
-        let permit = match tokio::time::timeout_at(deadline.into(), self.connections.clone().acquire_owned()).await {
-            Ok(Ok(p)) => p,
-            Ok(Err(_)) => return Err(Failure::Shutdown),
-            Err(_) => return Err(Failure::PoolTimeout),
+        // A free slot needs no timer; otherwise wait for one within the deadline.
+        let permit = match self.connections.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Failure::Shutdown),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                match tokio::time::timeout_at(deadline.into(), self.connections.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(Failure::Shutdown),
+                    Err(_) => return Err(Failure::PoolTimeout),
+                }
+            }
         };
         let _in_flight = InFlight::new(self, permit);
         let mut headers = req.headers.clone();
@@ -813,6 +829,35 @@ fn is_internal_ip(ip: IpAddr) -> bool {
     }
 }
 
+/// Name resolution for services that follow redirects and are not
+/// themselves internal: a host other than the service's own may not resolve
+/// to an internal address (a redirect to `evil.example` pointing at
+/// 169.254.169.254 is refused).
+struct GuardedResolver {
+    own_host: String,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_ascii_lowercase();
+        let trusted = host == self.own_host;
+        Box::pin(async move {
+            let found: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed = allowed_addrs(trusted, found);
+            if allowed.is_empty() {
+                return Err("refused: the redirect's host resolves only to internal addresses".into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The addresses a host may be reached at: all of them for the service's
+/// own host, only public ones for any other.
+fn allowed_addrs(trusted: bool, addrs: Vec<std::net::SocketAddr>) -> Vec<std::net::SocketAddr> {
+    if trusted { addrs } else { addrs.into_iter().filter(|a| !is_internal_ip(a.ip())).collect() }
+}
+
 /// Redirects when a service enables them: at most [`MAX_REDIRECTS`] hops;
 /// never to an internal address unless the service itself is internal;
 /// never from https to http; and, when the service has credentials, never
@@ -887,6 +932,16 @@ mod tests {
             let u = Url::parse(&format!("http://{h}/")).unwrap();
             assert!(!is_internal_host(u.host()), "{h}");
         }
+    }
+
+    #[test]
+    fn other_hosts_may_not_resolve_to_internal_addresses() {
+        let addrs: Vec<std::net::SocketAddr> = ["127.0.0.1:0", "10.0.0.1:0", "169.254.169.254:0", "93.184.216.34:0"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(allowed_addrs(true, addrs.clone()).len(), 4);
+        assert_eq!(allowed_addrs(false, addrs), vec!["93.184.216.34:0".parse().unwrap()]);
     }
 
     #[test]
