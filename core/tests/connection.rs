@@ -253,7 +253,7 @@ fn refused_port() -> SocketAddr {
 /// path) plus `extra_routes`, and `service_extra` lines under the service.
 async fn bridge(url: &str, service_extra: &str, extra_routes: &str) -> BridgeManager {
     let yaml = format!(
-        "bridge:\n  retry_attempts: 3\n  retry_delay: 10ms\n  request_timeout: 10s\n\
+        "bridge:\n  retry_attempts: 3\n  retry_delay: 10ms\n  request_timeout: 30s\n\
          monitoring:\n  health_check_interval: 50ms\n\
          services:\n  svc:\n    url: {url}\n{service_extra}\
          routes:\n  - pattern: svc.>\n    service: svc\n{extra_routes}"
@@ -670,7 +670,7 @@ async fn templates_that_could_leave_the_service_are_config_errors() {
 #[tokio::test]
 async fn the_breaker_opens_fails_fast_and_recovers() {
     let s = Server::start().await;
-    let b = bridge(&s.url(), "    retry_attempts: 0\n    breaker_failures: 3\n    breaker_cooldown: 300ms\n", "").await;
+    let b = bridge(&s.url(), "    retry_attempts: 0\n    breaker_failures: 3\n    breaker_cooldown: 3s\n", "").await;
     s.srv.down.store(true, Ordering::SeqCst);
     for _ in 0..3 {
         assert_eq!(call(&b, "svc.flaky", json!({})).await.unwrap_err().code(), ErrorCode::UpstreamError);
@@ -718,8 +718,9 @@ async fn health_goes_up_down_up() {
     // Shutdown stops the checks.
     b.shutdown().await;
     let after = s.hits("/health").len();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(s.hits("/health").len(), after);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // At most one check that was already on the wire when shutdown began.
+    assert!(s.hits("/health").len() <= after + 1);
 }
 
 #[tokio::test]
