@@ -1,0 +1,415 @@
+//! The message flow end to end through `BridgeManager`, as a Rust user
+//! drives it: lifecycle, every rejection stage, delivery outcomes, publish
+//! with dead letters and replay, shutdown with work in flight, and routes
+//! changing while messages flow.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dreamos_bridge::{BridgeError, BridgeManager, CallOptions, ErrorCode, Message, Payload, handler_fn};
+use serde_json::json;
+use tokio::sync::Notify;
+
+fn echo() -> Arc<dyn dreamos_bridge::Handler> {
+    handler_fn(|m: Message| async move { Ok(m.payload) })
+}
+
+async fn running(yaml: &str) -> BridgeManager {
+    let b = BridgeManager::from_yaml(yaml).unwrap();
+    b.initialize().await.unwrap();
+    b
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, BridgeError>) -> ErrorCode {
+    r.unwrap_err().code()
+}
+
+#[tokio::test]
+async fn embedded_default_routes_to_a_handler() {
+    let b = BridgeManager::new_default();
+    b.initialize().await.unwrap();
+    b.register_route("agents.echo", echo()).unwrap();
+    let reply = b.route(Message::new("agents.echo", json!({"x": [1, 2]})), CallOptions::default()).await.unwrap();
+    assert_eq!(reply, Payload::Json(json!({"x": [1, 2]})));
+    let bytes = b.route(Message::new("agents.echo", vec![0u8, 255]), CallOptions::default()).await.unwrap();
+    assert_eq!(bytes, Payload::from(vec![0u8, 255]));
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn not_running_is_shutdown() {
+    let b = BridgeManager::new_default();
+    b.register_route("a.b", echo()).unwrap();
+    assert_eq!(code(b.route(Message::new("a.b", json!(1)), CallOptions::default()).await), ErrorCode::Shutdown);
+    b.initialize().await.unwrap();
+    b.route(Message::new("a.b", json!(1)), CallOptions::default()).await.unwrap();
+    b.shutdown().await;
+    assert_eq!(code(b.route(Message::new("a.b", json!(1)), CallOptions::default()).await), ErrorCode::Shutdown);
+    assert_eq!(b.initialize().await.unwrap_err().code(), ErrorCode::Shutdown, "no restart after shutdown");
+}
+
+#[tokio::test]
+async fn bad_input_is_invalid_message_and_the_bridge_keeps_working() {
+    let b = running("limits:\n  max_payload_bytes: 1000\n  max_json_depth: 8\n").await;
+    b.register_route("a.>", echo()).unwrap();
+    let o = CallOptions::default;
+    assert_eq!(code(b.route(Message::new("a..b", json!(1)), o()).await), ErrorCode::InvalidMessage);
+    assert_eq!(code(b.route(Message::new("a.*", json!(1)), o()).await), ErrorCode::InvalidMessage);
+    let big = json!({"s": "x".repeat(2000)});
+    assert_eq!(code(b.route(Message::new("a.b", big), o()).await), ErrorCode::InvalidMessage);
+    let mut deep = json!(1);
+    for _ in 0..20 {
+        deep = json!([deep]);
+    }
+    assert_eq!(code(b.route(Message::new("a.b", deep), o()).await), ErrorCode::InvalidMessage);
+    let crlf = Message::new("a.b", json!(1)).with_header("x-note", "a\r\nSet-Cookie: evil");
+    assert_eq!(code(b.route(crlf, o()).await), ErrorCode::InvalidMessage);
+    // Still working.
+    assert_eq!(b.route(Message::new("a.b", json!("ok")), o()).await.unwrap(), Payload::Json(json!("ok")));
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_destination_is_route_not_found() {
+    let b = running("").await;
+    b.register_route("agents.echo", echo()).unwrap();
+    let e = b.route(Message::new("agents.other", json!(1)), CallOptions::default()).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::RouteNotFound);
+    assert!(e.message().contains("agents.other"));
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn handler_errors_and_panics_are_handler_error() {
+    let b = running("").await;
+    b.register_route("h.fail", handler_fn(|_m| async { Err(BridgeError::handler("boom: bad input")) })).unwrap();
+    b.register_route(
+        "h.panic",
+        handler_fn(|m: Message| async move {
+            if m.payload.as_json().is_some() {
+                panic!("handler bug");
+            }
+            Ok(m.payload)
+        }),
+    )
+    .unwrap();
+    let e = b.route(Message::new("h.fail", json!(1)), CallOptions::default()).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (ErrorCode::HandlerError, "boom: bad input"));
+    assert_eq!(code(b.route(Message::new("h.panic", json!(1)), CallOptions::default()).await), ErrorCode::HandlerError);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_handler_times_out() {
+    let b = running("").await;
+    b.register_route(
+        "slow",
+        handler_fn(|m: Message| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(m.payload)
+        }),
+    )
+    .unwrap();
+    let opts = CallOptions::default().timeout(Duration::from_millis(50));
+    assert_eq!(code(b.route(Message::new("slow", json!(1)), opts).await), ErrorCode::Timeout);
+    b.shutdown_with_grace(Duration::ZERO).await;
+}
+
+#[tokio::test]
+async fn most_specific_route_wins() {
+    let b = running("").await;
+    for p in ["svc.>", "svc.*", "svc.weather"] {
+        let tag = p.to_string();
+        b.register_route(
+            p,
+            handler_fn(move |_m| {
+                let tag = tag.clone();
+                async move { Ok(Payload::Json(json!(tag))) }
+            }),
+        )
+        .unwrap();
+    }
+    let r = |d: &'static str| {
+        let b = b.clone();
+        async move { b.route(Message::new(d, json!(null)), CallOptions::default()).await.unwrap() }
+    };
+    assert_eq!(r("svc.weather").await, Payload::Json(json!("svc.weather")));
+    assert_eq!(r("svc.news").await, Payload::Json(json!("svc.*")));
+    assert_eq!(r("svc.news.today").await, Payload::Json(json!("svc.>")));
+    assert!(b.unregister_route("svc.weather"));
+    assert_eq!(r("svc.weather").await, Payload::Json(json!("svc.*")));
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn route_rate_limit_waits_then_rejects() {
+    let b = running("routes:\n  - pattern: limited\n    rate_limit: 20\n    burst: 2\n").await;
+    b.register_route("limited", echo()).unwrap();
+    // Burst of 2, then the third waits ~50 ms for its cell: within a long deadline it succeeds.
+    for _ in 0..3 {
+        b.route(Message::new("limited", json!(1)), CallOptions::default()).await.unwrap();
+    }
+    // With a deadline shorter than the wait, it is rejected at once with a retry-after.
+    let opts = CallOptions::default().timeout(Duration::from_millis(1));
+    let mut rejected = None;
+    for _ in 0..4 {
+        if let Err(e) = b.route(Message::new("limited", json!(1)), opts.clone()).await {
+            rejected = Some(e);
+            break;
+        }
+    }
+    let e = rejected.expect("a burst over the limit is rejected");
+    assert_eq!(e.code(), ErrorCode::RateLimited);
+    assert!(e.retry_after().is_some_and(|r| r > Duration::ZERO));
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn reject_mode_rejects_without_waiting() {
+    let b = running(
+        "bridge:\n  rate_limit_mode: reject\nroutes:\n  - pattern: limited\n    rate_limit: 1/min\n    burst: 1\n",
+    )
+    .await;
+    b.register_route("limited", echo()).unwrap();
+    b.route(Message::new("limited", json!(1)), CallOptions::default()).await.unwrap();
+    let e = b.route(Message::new("limited", json!(1)), CallOptions::default()).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::RateLimited);
+    assert!(e.retry_after().unwrap() > Duration::from_secs(30));
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn full_queue_is_queue_full_after_waiting() {
+    let b = running("routes:\n  - pattern: narrow\n    max_concurrency: 1\n    queue_size: 1\n").await;
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    b.register_route(
+        "narrow",
+        handler_fn(move |m: Message| {
+            let g = g.clone();
+            async move {
+                g.notified().await;
+                Ok(m.payload)
+            }
+        }),
+    )
+    .unwrap();
+    let long = CallOptions::default().timeout(Duration::from_secs(10));
+    let first = tokio::spawn({
+        let b = b.clone();
+        let o = long.clone();
+        async move { b.route(Message::new("narrow", json!(1)), o).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = tokio::spawn({
+        let b = b.clone();
+        async move { b.route(Message::new("narrow", json!(2)), long).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let third =
+        b.route(Message::new("narrow", json!(3)), CallOptions::default().timeout(Duration::from_millis(100))).await;
+    assert_eq!(code(third), ErrorCode::QueueFull);
+    gate.notify_one();
+    assert_eq!(first.await.unwrap().unwrap(), Payload::Json(json!(1)));
+    gate.notify_one();
+    assert_eq!(second.await.unwrap().unwrap(), Payload::Json(json!(2)));
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn publish_delivers_in_the_background() {
+    let b = running("").await;
+    let got = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(Notify::new());
+    let (g, d) = (got.clone(), done.clone());
+    b.register_route(
+        "events.>",
+        handler_fn(move |_m| {
+            let (g, d) = (g.clone(), d.clone());
+            async move {
+                g.fetch_add(1, Ordering::SeqCst);
+                d.notify_one();
+                Ok(Payload::default())
+            }
+        }),
+    )
+    .unwrap();
+    let id = b.publish(Message::new("events.audit", json!({"who": "me"})), CallOptions::default()).await.unwrap();
+    assert_eq!(id.get_version_num(), 7);
+    tokio::time::timeout(Duration::from_secs(5), done.notified()).await.unwrap();
+    assert_eq!(got.load(Ordering::SeqCst), 1);
+    assert!(b.dead_letters().is_empty());
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_publish_is_dead_lettered_then_replayed() {
+    let b = running("bridge:\n  retry_attempts: 2\n  retry_delay: 1ms\n").await;
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    b.register_route(
+        "jobs.run",
+        handler_fn(move |_m| {
+            let a = a.clone();
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                Err(BridgeError::handler("downstream is broken"))
+            }
+        }),
+    )
+    .unwrap();
+    let id = b.publish(Message::new("jobs.run", json!({"n": 1})), CallOptions::default()).await.unwrap();
+    let letter = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(d) = b.dead_letters().into_iter().next() {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(letter.id, id);
+    assert_eq!(letter.attempts, 3, "first attempt plus retry_attempts");
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(letter.error.code(), ErrorCode::HandlerError);
+    assert_eq!(letter.message.payload, Payload::Json(json!({"n": 1})));
+
+    // Replay while still broken: it goes back into the store.
+    assert_eq!(code(b.replay(id).await), ErrorCode::HandlerError);
+    assert_eq!(b.dead_letters().len(), 1);
+    // Fix the handler; replay delivers and empties the store.
+    b.register_route("jobs.run", echo()).unwrap();
+    b.replay(id).await.unwrap();
+    assert!(b.dead_letters().is_empty());
+    assert_eq!(code(b.replay(id).await), ErrorCode::InvalidMessage, "unknown id");
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_every_caller() {
+    let b = running("").await;
+    b.register_route(
+        "work.>",
+        handler_fn(|m: Message| async move {
+            let ms = m.payload.as_json().and_then(|v| v.as_u64()).unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(m.payload)
+        }),
+    )
+    .unwrap();
+    let long = CallOptions::default().timeout(Duration::from_secs(60));
+    let quick = tokio::spawn({
+        let (b, o) = (b.clone(), long.clone());
+        async move { b.route(Message::new("work.quick", json!(20)), o).await }
+    });
+    let stuck: Vec<_> = (0..10)
+        .map(|_| {
+            let (b, o) = (b.clone(), long.clone());
+            tokio::spawn(async move { b.route(Message::new("work.stuck", json!(60_000)), o).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    b.shutdown_with_grace(Duration::from_millis(300)).await;
+    // The quick one finished within the grace period; the stuck ones got SHUTDOWN.
+    assert_eq!(quick.await.unwrap().unwrap(), Payload::Json(json!(20)));
+    for s in stuck {
+        assert_eq!(code(s.await.unwrap()), ErrorCode::Shutdown);
+    }
+    assert!(!b.is_running());
+    b.shutdown().await; // twice is harmless
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_change_while_routing() {
+    let b = running("").await;
+    b.register_route("race.stable", echo()).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let churn = tokio::spawn({
+        let (b, stop) = (b.clone(), stop.clone());
+        async move {
+            let mut n = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                b.register_route("race.x", echo()).unwrap();
+                b.register_route("race.>", echo()).unwrap();
+                b.unregister_route("race.x");
+                b.unregister_route("race.>");
+                n += 1;
+                tokio::task::yield_now().await;
+            }
+            n
+        }
+    });
+    let mut routers = Vec::new();
+    for i in 0..4 {
+        let b = b.clone();
+        routers.push(tokio::spawn(async move {
+            let (mut ok, mut missing) = (0, 0);
+            for j in 0..2000 {
+                let dest = if j % 2 == 0 { "race.x" } else { "race.stable" };
+                match b.route(Message::new(dest, json!([i, j])), CallOptions::default()).await {
+                    Ok(p) => {
+                        assert_eq!(p, Payload::Json(json!([i, j])));
+                        ok += 1;
+                    }
+                    Err(e) => {
+                        assert_eq!(e.code(), ErrorCode::RouteNotFound, "{e}");
+                        assert_eq!(dest, "race.x");
+                        missing += 1;
+                    }
+                }
+            }
+            (ok, missing)
+        }));
+    }
+    let mut total = 0;
+    for r in routers {
+        let (ok, missing) = r.await.unwrap();
+        assert!(ok >= 1000, "race.stable always resolves");
+        total += ok + missing;
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(churn.await.unwrap() > 0);
+    assert_eq!(total, 8000);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn cancelled_caller_frees_its_queue_slot() {
+    let b = running("routes:\n  - pattern: one\n    max_concurrency: 1\n    queue_size: 4\n").await;
+    let gate = Arc::new(Notify::new());
+    let g = gate.clone();
+    b.register_route(
+        "one",
+        handler_fn(move |m: Message| {
+            let g = g.clone();
+            async move {
+                if m.payload == Payload::Json(json!("block")) {
+                    g.notified().await;
+                }
+                Ok(m.payload)
+            }
+        }),
+    )
+    .unwrap();
+    let blocker = tokio::spawn({
+        let b = b.clone();
+        async move { b.route(Message::new("one", json!("block")), CallOptions::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A caller that gives up while queued.
+    let waiting = tokio::spawn({
+        let b = b.clone();
+        async move { b.route(Message::new("one", json!("queued")), CallOptions::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    waiting.abort();
+    let _ = waiting.await;
+    gate.notify_one();
+    blocker.await.unwrap().unwrap();
+    // The slot is free again.
+    let r = b.route(Message::new("one", json!("next")), CallOptions::default().timeout(Duration::from_secs(2))).await;
+    assert_eq!(r.unwrap(), Payload::Json(json!("next")));
+    b.shutdown().await;
+}
