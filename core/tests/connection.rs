@@ -408,6 +408,18 @@ async fn failures_are_retried_with_a_stable_idempotency_key() {
     assert!(trace.iter().all(|t| *t == trace[0]));
     let spans: std::collections::HashSet<&str> = tps.iter().map(|t| t.split('-').nth(2).unwrap()).collect();
     assert_eq!(spans.len(), 3);
+    // Per-service metrics count the attempts and the retries.
+    let text = b.metrics_text();
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("dreamos_bridge_{name}{{service=\"svc\"}} ")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    assert_eq!(line("service_retries_total"), Some(2.0), "{text}");
+    assert_eq!(line("service_requests_total"), Some(3.0), "{text}");
+    assert_eq!(line("service_failures_total"), Some(2.0), "{text}");
+    assert_eq!(line("service_active_connections"), Some(0.0), "{text}");
     b.shutdown().await;
 }
 
@@ -870,6 +882,7 @@ async fn secrets_never_reach_errors_logs_or_metrics() {
     let metrics = format!("{} {}", serde_json::to_string(&b.metrics()).unwrap(), b.metrics_text());
     let config = format!("{:?}", b.config());
     b.shutdown().await;
+    assert!(metrics.contains("service=\"apikey\""), "the metrics cover the services: {metrics}");
     let logs = String::from_utf8(logs.0.lock().clone()).unwrap();
     assert!(logs.contains("retrying"), "the capture works: {logs}");
     let basic_b64 = base64_encode(format!("me:{}", secrets[2]).as_bytes());
