@@ -332,6 +332,14 @@ pub struct ServiceConfig {
     /// How long the breaker stays open before a probe (default 30s).
     #[serde(default)]
     pub breaker_cooldown: Option<Seconds>,
+    /// Failure ratio over the last 20 attempts (at least 10 seen) that also
+    /// opens the breaker (default 0.5; 0 to 1; 1 turns this rule off).
+    #[serde(default)]
+    pub breaker_failure_rate: Option<f64>,
+    /// Retries allowed as a fraction of requests (default 0.2), on top of a
+    /// floor of 10, so that retries cannot multiply an outage (0 to 1).
+    #[serde(default)]
+    pub retry_budget: Option<f64>,
 }
 
 /// Outgoing credentials held by the bridge for one service.
@@ -692,6 +700,31 @@ impl BridgeConfig {
                     BridgeError::config(&format!("{path}.auth.token_url"), format!("not a valid URL ({e})"))
                 })?;
             }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(BridgeError::config(
+                    &format!("{path}.url"),
+                    "must not carry credentials; use `auth: {type: basic, username: ..., password: ...}`",
+                ));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err(BridgeError::config(&format!("{path}.url"), "must not have a query or fragment"));
+            }
+            for (key, v) in [("breaker_failure_rate", svc.breaker_failure_rate), ("retry_budget", svc.retry_budget)] {
+                if let Some(v) = v
+                    && !(0.0..=1.0).contains(&v)
+                {
+                    return Err(BridgeError::config(
+                        &format!("{path}.{key}"),
+                        format!("must be between 0 and 1, got {v}"),
+                    ));
+                }
+            }
+            if svc.max_response_bytes == Some(0) {
+                return Err(BridgeError::config(&format!("{path}.max_response_bytes"), "must be at least 1"));
+            }
+            if svc.breaker_failures == Some(0) {
+                return Err(BridgeError::config(&format!("{path}.breaker_failures"), "must be at least 1"));
+            }
             if svc.max_connections == Some(0) {
                 return Err(BridgeError::config(&format!("{path}.max_connections"), "must be at least 1"));
             }
@@ -1013,6 +1046,29 @@ mod tests {
         assert!(m.starts_with("routes[0].service: no service named \"ghost\""), "{m}");
         let m = err("routes:\n  - pattern: a.>.b\n");
         assert!(m.starts_with("routes[0].pattern:"), "{m}");
+    }
+
+    #[test]
+    fn service_settings_are_checked() {
+        let m = err("services:\n  s:\n    url: http://user:pw@127.0.0.1:1\n");
+        assert!(m.starts_with("services.s.url: must not carry credentials"), "{m}");
+        assert!(!m.contains("pw"), "{m}");
+        let m = err("services:\n  s:\n    url: http://127.0.0.1:1\n    retry_budget: 1.5\n");
+        assert!(m.starts_with("services.s.retry_budget: must be between 0 and 1"), "{m}");
+        let m = err("services:\n  s:\n    url: http://127.0.0.1:1\n    breaker_failure_rate: -1\n");
+        assert!(m.starts_with("services.s.breaker_failure_rate:"), "{m}");
+        let m = err("services:\n  s:\n    url: http://127.0.0.1:1\n    breaker_failures: 0\n");
+        assert!(m.starts_with("services.s.breaker_failures:"), "{m}");
+        let m = err("services:\n  s:\n    url: http://127.0.0.1:1?a=b\n");
+        assert!(m.starts_with("services.s.url: must not have a query"), "{m}");
+        let m = err("services:\n  s:\n    url: http://127.0.0.1:1\n    retries: 3\n");
+        assert!(m.starts_with("services.s"), "{m}");
+        let ok = BridgeConfig::from_yaml(
+            "services:\n  s:\n    url: http://127.0.0.1:1\n    retry_budget: 0.1\n    breaker_failure_rate: 0.3\n",
+        )
+        .unwrap();
+        assert_eq!(ok.services["s"].retry_budget, Some(0.1));
+        assert_eq!(ok.services["s"].breaker_failure_rate, Some(0.3));
     }
 
     #[test]

@@ -1,63 +1,167 @@
 //! ConnectionManager: delivery to external HTTP services.
 //!
-//! STUB: interface only; the full implementation (pooled reqwest clients,
-//! outgoing credentials, retries, circuit breaker, health monitor) replaces
-//! this file.
+//! The bridge resolves a destination to a [`ServiceRoute`] and hands the
+//! message here; this module owns everything between that and the reply:
+//! one pooled client per service with at most `max_connections` requests
+//! in flight ([`service`]), the outgoing credentials ([`credentials`]),
+//! retries with backoff, jitter and a budget ([`retry`]), a circuit breaker
+//! ([`breaker`]) and health from active checks and observed failures
+//! ([`health`]).
+//!
+//! [`ConnectionManager::deliver`] is cancel-safe: the bridge drops it at
+//! the message's deadline or at shutdown, and every gauge and slot it holds
+//! is released by a guard.
+
+pub mod breaker;
+mod credentials;
+pub mod health;
+pub mod retry;
+mod service;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use serde::Serialize;
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+
+pub use health::ServiceHealth;
+pub use service::{DEFAULT_MAX_RESPONSE_BYTES, PathTemplate, ServiceRoute};
 
 use crate::config::{BridgeConfig, RouteConfig};
 use crate::error::{BridgeError, ErrorCode, Result};
 use crate::message::{Message, Payload};
-use crate::metrics::{HealthStatus, MetricsCollector};
-
-/// A route served by an HTTP service, compiled from a `routes` entry.
-#[derive(Debug)]
-pub struct ServiceRoute {
-    /// The route pattern.
-    pub pattern: String,
-    /// The service name.
-    pub service: String,
-}
-
-/// Health of one service as reported by `BridgeManager::health()`.
-#[derive(Debug, Clone, Serialize)]
-pub struct ServiceHealth {
-    /// up, degraded or down.
-    pub status: HealthStatus,
-}
+use crate::metrics::MetricsCollector;
+use service::ServiceClient;
 
 /// Owns one pooled client per service.
 #[derive(Debug)]
-pub struct ConnectionManager {}
+pub struct ConnectionManager {
+    services: BTreeMap<String, Arc<ServiceClient>>,
+    route_index: BTreeMap<String, usize>,
+    health_interval: Duration,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
 
 impl ConnectionManager {
     /// Build clients for every configured service (nothing connects yet).
-    pub fn new(_cfg: &BridgeConfig, _metrics: Arc<MetricsCollector>) -> Result<Self> {
-        Ok(ConnectionManager {})
+    pub fn new(cfg: &BridgeConfig, metrics: Arc<MetricsCollector>) -> Result<Self> {
+        let mut services = BTreeMap::new();
+        for (name, svc) in &cfg.services {
+            let client = ServiceClient::new(name, svc, cfg, metrics.service(name))?;
+            services.insert(name.clone(), Arc::new(client));
+        }
+        let route_index = cfg.routes.iter().enumerate().map(|(i, r)| (r.pattern.clone(), i)).collect();
+        Ok(ConnectionManager {
+            services,
+            route_index,
+            health_interval: cfg.monitoring.health_check_interval.get(),
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        })
     }
-    /// Establish services and start health monitoring.
+
+    /// Establish services: start the active health checks of every service
+    /// that has a `health_check` (the first runs at once). A service that is
+    /// down at start is not an error: it is reported down, and calls reach
+    /// it as soon as it comes up.
     pub async fn initialize(&self) -> Result<()> {
+        let mut tasks = self.tasks.lock();
+        if !tasks.is_empty() {
+            return Ok(());
+        }
+        for svc in self.services.values() {
+            tracing::info!(service = %svc.name, "service established");
+            if svc.health_check.is_none() {
+                continue;
+            }
+            let svc = svc.clone();
+            let cancel = self.cancel.clone();
+            let every = self.health_interval;
+            tasks.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = svc.check() => {}
+                    }
+                }
+            }));
+        }
         Ok(())
     }
-    /// Stop health monitoring and close pools.
-    pub async fn shutdown(&self) {}
+
+    /// Terminate: stop health monitoring and close every pool. Calls still
+    /// waiting for a connection fail with `SHUTDOWN`.
+    pub async fn shutdown(&self) {
+        self.cancel.cancel();
+        let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        for svc in self.services.values() {
+            svc.terminate();
+            tracing::info!(service = %svc.name, "service terminated");
+        }
+    }
+
     /// Compile a `routes` entry that names a service.
     pub fn service_route(&self, route: &RouteConfig) -> Result<Arc<ServiceRoute>> {
-        Ok(Arc::new(ServiceRoute {
-            pattern: route.pattern.clone(),
-            service: route.service.clone().unwrap_or_default(),
-        }))
+        let index = self.route_index.get(&route.pattern).copied();
+        let Some(name) = &route.service else {
+            return Err(BridgeError::config(
+                &index.map(|i| format!("routes[{i}]")).unwrap_or_default(),
+                "a service route needs `service`",
+            ));
+        };
+        let Some(client) = self.services.get(name) else {
+            return Err(BridgeError::config(
+                &index.map(|i| format!("routes[{i}].service")).unwrap_or_default(),
+                format!("no service named {name:?} under `services`"),
+            ));
+        };
+        Ok(Arc::new(ServiceRoute::compile(route, index, client.clone())?))
     }
+
     /// Deliver a message within its deadline, with retries; the reply payload.
-    pub async fn deliver(&self, _route: &ServiceRoute, _msg: &Message) -> Result<Payload> {
-        Err(BridgeError::new(ErrorCode::ServiceUnavailable, "not implemented"))
+    pub async fn deliver(&self, route: &ServiceRoute, msg: &Message) -> Result<Payload> {
+        if self.cancel.is_cancelled() {
+            return Err(BridgeError::shutdown());
+        }
+        if !self.services.get(&route.service).is_some_and(|s| Arc::ptr_eq(s, &route.client)) {
+            return Err(BridgeError::new(
+                ErrorCode::Internal,
+                format!("route {:?} was compiled by another bridge", route.pattern),
+            ));
+        }
+        route.client.deliver(route, msg).await
     }
+
     /// Per-service health.
     pub fn health(&self) -> BTreeMap<String, ServiceHealth> {
-        BTreeMap::new()
+        self.services.iter().map(|(name, s)| (name.clone(), s.health())).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::BridgeManager;
+
+    /// Bindings build bridges outside any runtime; clients must not need one.
+    #[test]
+    fn builds_outside_a_runtime() {
+        let b = BridgeManager::from_yaml(
+            "services:\n  s:\n    url: https://example.com/api\n    follow_redirects: true\n    health_check: /health\n\
+             routes:\n  - {pattern: s.>, service: s}\n",
+        )
+        .unwrap();
+        assert_eq!(b.routes(), vec!["s.>".to_string()]);
     }
 }
