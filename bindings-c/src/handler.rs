@@ -39,6 +39,9 @@ pub type dreamos_handler_fn = Option<
 /// an `unsigned int` on every ABI the library targets.
 type RawHandlerFn = unsafe extern "C" fn(*mut c_void, *const c_char, *mut *mut c_char) -> u32;
 
+/// The handler type of the header, without the `Option`.
+type TypedHandlerFn = unsafe extern "C" fn(*mut c_void, *const c_char, *mut *mut c_char) -> dreamos_status;
+
 const _: () = assert!(std::mem::size_of::<dreamos_status>() == std::mem::size_of::<u32>());
 
 unsafe extern "C" {
@@ -140,7 +143,7 @@ impl RawHandlerFnPtr {
     pub(crate) fn new(f: dreamos_handler_fn) -> Option<Self> {
         // SAFETY: same argument types; the return value is read as the u32
         // that a C enum is (see RawHandlerFn).
-        f.map(|f| RawHandlerFnPtr(unsafe { std::mem::transmute::<_, RawHandlerFn>(f) }))
+        f.map(|f| RawHandlerFnPtr(unsafe { std::mem::transmute::<TypedHandlerFn, RawHandlerFn>(f) }))
     }
 }
 

@@ -26,11 +26,11 @@ use bridge_core::{Action, BridgeManager, CallOptions, Credentials, Message, Payl
 use futures_util::FutureExt;
 
 use crate::convert::{json_arg, opt_str_arg, out_arg, str_arg, to_c_string, write_string};
-use crate::handler::{Activity, CHandler, RawHandlerFnPtr, UserData};
 pub use crate::handler::dreamos_handler_fn;
-use crate::status::{FfiError, FfiResult, guard, guard_void};
+use crate::handler::{Activity, CHandler, RawHandlerFnPtr, UserData};
 pub use crate::status::dreamos_status;
 use crate::status::dreamos_status::*;
+use crate::status::{FfiError, FfiResult, guard, guard_void};
 
 /// A bridge: one engine with its routes, limits, security and metrics.
 ///
@@ -110,7 +110,10 @@ pub unsafe extern "C" fn dreamos_bridge_new(
 /// # Safety
 /// `path` is a NUL-terminated string; `out` is a writable pointer.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dreamos_bridge_from_file(path: *const c_char, out: *mut *mut dreamos_bridge) -> dreamos_status {
+pub unsafe extern "C" fn dreamos_bridge_from_file(
+    path: *const c_char,
+    out: *mut *mut dreamos_bridge,
+) -> dreamos_status {
     guard(|| {
         let out = out_arg(out, "out")?;
         if path.is_null() {
@@ -398,12 +401,8 @@ pub unsafe extern "C" fn dreamos_bridge_register_route(
         let b = unsafe { bridge_arg(b) }?;
         let pattern = unsafe { str_arg(pattern, "pattern", DREAMOS_INVALID_MESSAGE) }?;
         let f = RawHandlerFnPtr::new(handler).ok_or_else(|| FfiError::null("handler"))?;
-        let handler = CHandler {
-            f,
-            user_data: UserData(user_data),
-            pattern: pattern.into(),
-            activity: b.activity.clone(),
-        };
+        let handler =
+            CHandler { f, user_data: UserData(user_data), pattern: pattern.into(), activity: b.activity.clone() };
         b.bridge.register_route(pattern, Arc::new(handler))?;
         Ok(())
     })
@@ -437,7 +436,10 @@ pub unsafe extern "C" fn dreamos_bridge_unregister_route(
 /// # Safety
 /// `b` is a live bridge; `pattern` a NUL-terminated string.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dreamos_bridge_register_echo(b: *const dreamos_bridge, pattern: *const c_char) -> dreamos_status {
+pub unsafe extern "C" fn dreamos_bridge_register_echo(
+    b: *const dreamos_bridge,
+    pattern: *const c_char,
+) -> dreamos_status {
     guard(|| {
         let b = unsafe { bridge_arg(b) }?;
         let pattern = unsafe { str_arg(pattern, "pattern", DREAMOS_INVALID_MESSAGE) }?;
@@ -455,7 +457,10 @@ pub unsafe extern "C" fn dreamos_bridge_register_echo(b: *const dreamos_bridge, 
 /// # Safety
 /// `b` is a live bridge; `out` a writable pointer.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dreamos_bridge_metrics_json(b: *const dreamos_bridge, out: *mut *mut c_char) -> dreamos_status {
+pub unsafe extern "C" fn dreamos_bridge_metrics_json(
+    b: *const dreamos_bridge,
+    out: *mut *mut c_char,
+) -> dreamos_status {
     guard(|| {
         let b = unsafe { bridge_arg(b) }?;
         let out = out_arg(out, "out")?;
@@ -472,7 +477,10 @@ pub unsafe extern "C" fn dreamos_bridge_metrics_json(b: *const dreamos_bridge, o
 /// # Safety
 /// `b` is a live bridge; `out` a writable pointer.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn dreamos_bridge_metrics_text(b: *const dreamos_bridge, out: *mut *mut c_char) -> dreamos_status {
+pub unsafe extern "C" fn dreamos_bridge_metrics_text(
+    b: *const dreamos_bridge,
+    out: *mut *mut c_char,
+) -> dreamos_status {
     guard(|| {
         let b = unsafe { bridge_arg(b) }?;
         let out = out_arg(out, "out")?;

@@ -170,11 +170,7 @@ fn clear_last_error() {
 /// The thread's last error (an empty string when the last call succeeded).
 /// The pointer stays valid until the thread's next fallible call.
 pub(crate) fn last_error_ptr() -> *const c_char {
-    LAST_ERROR
-        .try_with(|slot| slot.borrow().as_ref().map(|s| s.as_ptr()))
-        .ok()
-        .flatten()
-        .unwrap_or(c"".as_ptr())
+    LAST_ERROR.try_with(|slot| slot.borrow().as_ref().map(|s| s.as_ptr())).ok().flatten().unwrap_or(c"".as_ptr())
 }
 
 /// The panic boundary of every fallible entry point: runs `body`, records the
@@ -204,7 +200,10 @@ pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> dreamos_status {
 /// swallowed (and recorded) rather than unwound into C.
 pub(crate) fn guard_void(body: impl FnOnce()) {
     if let Err(panic) = catch_unwind(AssertUnwindSafe(body)) {
-        set_last_error(&format!("a panic inside dreamos-bridge was caught at the C boundary ({})", panic_text(&*panic)));
+        set_last_error(&format!(
+            "a panic inside dreamos-bridge was caught at the C boundary ({})",
+            panic_text(&*panic)
+        ));
     }
 }
 

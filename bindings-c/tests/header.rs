@@ -28,11 +28,7 @@ fn committed_header_is_fresh() {
         return;
     }
     let committed = std::fs::read(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "{} is stale (the C API in bindings-c/src changed): {REGENERATE}",
-        path.display()
-    );
+    assert!(committed == generated, "{} is stale (the C API in bindings-c/src changed): {REGENERATE}", path.display());
 }
 
 #[test]
