@@ -273,6 +273,7 @@ dreamos_status dreamos_bridge_route(const dreamos_bridge *b,
  * (NULL pointer, invalid UTF-8, malformed JSON) `cb` is never called.
  * Everything the engine decides (route not found, timeout, handler error, ...)
  * arrives through `cb`. Arguments are copied; they need not outlive the call.
+ * `cb` may run before this function has returned (on another thread).
  *
  * # Safety
  * As `dreamos_bridge_route`; `cb` and `user_data` must be usable from any thread
