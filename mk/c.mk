@@ -52,13 +52,14 @@ c-pkgconfig:
 
 test-c: c-tools c-lib c-header-check c-pkgconfig
 	@mkdir -p $(CARGO_TARGET_DIR)/c-tests
-	@set -e; for t in $(C_TESTS); do \
+	@failed=""; for t in $(C_TESTS); do \
 	  echo "== $$t (AddressSanitizer, leak checking on)"; \
 	  gcc $(C_CFLAGS) $(C_ASAN) -I$(C_INCLUDE) -I$(C_DIR)/tests $(C_DIR)/tests/$$t.c \
 	      -L$(CARGO_TARGET_DIR)/debug -ldreamos_bridge -Wl,-rpath,$(CARGO_TARGET_DIR)/debug -pthread \
-	      -o $(CARGO_TARGET_DIR)/c-tests/$$t; \
-	  $(C_ASAN_ENV) $(CARGO_TARGET_DIR)/c-tests/$$t; \
-	done
+	      -o $(CARGO_TARGET_DIR)/c-tests/$$t || exit 1; \
+	  $(C_ASAN_ENV) $(CARGO_TARGET_DIR)/c-tests/$$t || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "C test programs failed:$$failed"; exit 1; fi
 	@$(MAKE) --no-print-directory c-example
 
 # The example, built exactly as docs/c.md shows: the one-line gcc command, then pkg-config.
