@@ -28,7 +28,8 @@ use crate::status::{FfiError, FfiResult, dreamos_status};
 /// run on the blocking pool instead.
 const MAX_WORKERS: usize = 4;
 
-static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+/// The runtime, and the process that built it.
+static RUNTIME: OnceLock<Result<(Runtime, u32), String>> = OnceLock::new();
 
 thread_local! {
     /// Set on every thread of our runtime (workers and blocking pool).
@@ -36,8 +37,12 @@ thread_local! {
 }
 
 /// The process's runtime, built on first use.
+///
+/// After `fork()` the child has the runtime's memory but none of its
+/// threads: anything waiting on it would hang forever, so a child gets a
+/// clear error instead.
 pub(crate) fn runtime() -> FfiResult<&'static Runtime> {
-    RUNTIME
+    let (rt, pid) = RUNTIME
         .get_or_init(|| {
             let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, MAX_WORKERS);
             tokio::runtime::Builder::new_multi_thread()
@@ -46,10 +51,19 @@ pub(crate) fn runtime() -> FfiResult<&'static Runtime> {
                 .on_thread_start(|| ON_BRIDGE_THREAD.with(|f| f.set(true)))
                 .enable_all()
                 .build()
+                .map(|rt| (rt, std::process::id()))
                 .map_err(|e| format!("cannot start the bridge's runtime threads: {e}"))
         })
         .as_ref()
-        .map_err(|e| FfiError::new(dreamos_status::DREAMOS_INTERNAL, e.clone()))
+        .map_err(|e| FfiError::new(dreamos_status::DREAMOS_INTERNAL, e.clone()))?;
+    if *pid != std::process::id() {
+        return Err(FfiError::new(
+            dreamos_status::DREAMOS_INTERNAL,
+            "this process was forked after the bridge library started its threads, which a child does not \
+             inherit: use bridges only in the process that created them (create them after fork(), or exec)",
+        ));
+    }
+    Ok(rt)
 }
 
 /// Is the calling thread one of the library's own (a C handler or a

@@ -6,6 +6,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -462,6 +463,29 @@ static void test_null_parameters(void) {
     dreamos_bridge_free(b);
 }
 
+/* After fork() the child has no runtime threads: a clear error, never a hang. */
+static void test_fork_child_fails_clearly(void) {
+    dreamos_bridge *b = started(NULL);
+    CHECK_STATUS(dreamos_bridge_register_echo(b, "c.echo"), DREAMOS_OK);
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *reply = NULL;
+        dreamos_status s = dreamos_bridge_route(b, NULL, "c.echo", "{}", 1000, &reply);
+        int ok = s == DREAMOS_INTERNAL && reply == NULL && strstr(dreamos_last_error_message(), "fork") != NULL;
+        _exit(ok ? 0 : 1); /* skip exit handlers (and leak checks) in the child */
+    }
+    CHECK(pid > 0);
+    int wstatus = 0;
+    CHECK(waitpid(pid, &wstatus, 0) == pid);
+    CHECK(WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+    /* The parent's bridge is unaffected. */
+    char *reply = NULL;
+    CHECK_STATUS(dreamos_bridge_route(b, NULL, "c.echo", "{}", 0, &reply), DREAMOS_OK);
+    dreamos_string_free(reply);
+    dreamos_bridge_free(b);
+}
+
 int main(void) {
     test_status_names_and_version();
     test_lifecycle_and_echo();
@@ -473,5 +497,6 @@ int main(void) {
     test_rate_limited();
     test_unauthenticated();
     test_null_parameters();
+    test_fork_child_fails_clearly();
     return finish();
 }
