@@ -213,3 +213,65 @@ fn call_c_handler(f: RawHandlerFnPtr, user_data: UserData, json: &CStr, pattern:
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    unsafe extern "C" {
+        fn malloc(size: usize) -> *mut c_void;
+    }
+
+    /// A malloc'd copy of `bytes` plus a NUL, as a C handler would return.
+    fn c_string(bytes: &[u8]) -> *mut c_char {
+        unsafe {
+            let p = malloc(bytes.len() + 1).cast::<u8>();
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+            *p.add(bytes.len()) = 0;
+            p.cast()
+        }
+    }
+
+    /// A C handler returning an int outside the enum (defined with the
+    /// integer return, as C code is, so that Rust never holds a bad enum).
+    unsafe extern "C" fn returns_77(_: *mut c_void, _: *const c_char, _: *mut *mut c_char) -> u32 {
+        77
+    }
+
+    unsafe extern "C" fn bad_utf8(_: *mut c_void, _: *const c_char, out: *mut *mut c_char) -> dreamos_status {
+        unsafe { *out = c_string(b"\"\xff\"") };
+        dreamos_status::DREAMOS_OK
+    }
+
+    unsafe extern "C" fn echo(_: *mut c_void, msg: *const c_char, out: *mut *mut c_char) -> dreamos_status {
+        unsafe { *out = c_string(CStr::from_ptr(msg).to_bytes()) };
+        dreamos_status::DREAMOS_OK
+    }
+
+    fn call(f: dreamos_handler_fn, json: &str) -> bridge_core::Result<Payload> {
+        let f = RawHandlerFnPtr::new(f).unwrap();
+        call_c_handler(f, UserData(std::ptr::null_mut()), &CString::new(json).unwrap(), "t.p")
+    }
+
+    #[test]
+    fn an_unknown_status_is_a_handler_error() {
+        // SAFETY: the same ABI; see RawHandlerFn.
+        let f = unsafe { std::mem::transmute::<RawHandlerFn, TypedHandlerFn>(returns_77) };
+        let e = call(Some(f), "{}").unwrap_err();
+        assert_eq!(e.code(), bridge_core::ErrorCode::HandlerError);
+        assert!(e.message().contains("status 77"), "{}", e.message());
+    }
+
+    #[test]
+    fn a_reply_that_is_not_utf8_is_a_handler_error() {
+        let e = call(Some(bad_utf8), "{}").unwrap_err();
+        assert_eq!(e.code(), bridge_core::ErrorCode::HandlerError);
+        assert!(e.message().contains("UTF-8"), "{}", e.message());
+    }
+
+    #[test]
+    fn the_reply_is_parsed_as_json() {
+        let reply = call(Some(echo), "{\"a\":[1,2]}").unwrap();
+        assert_eq!(reply, Payload::Json(serde_json::json!({"a": [1, 2]})));
+    }
+}
