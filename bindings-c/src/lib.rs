@@ -544,7 +544,11 @@ pub extern "C" fn dreamos_last_error_message() -> *const c_char {
 /// `dreamos_status`. A static string: never freed.
 #[unsafe(no_mangle)]
 pub extern "C" fn dreamos_status_name(status: c_int) -> *const c_char {
-    usize::try_from(status).ok().and_then(|i| status::ALL.get(i)).map_or(c"UNKNOWN", |s| s.name()).as_ptr()
+    std::panic::catch_unwind(|| {
+        usize::try_from(status).ok().and_then(|i| status::ALL.get(i)).map_or(c"UNKNOWN", |s| s.name())
+    })
+    .unwrap_or(c"UNKNOWN")
+    .as_ptr()
 }
 
 /// The library's version (`"0.1.0"`). A static string: never freed.
