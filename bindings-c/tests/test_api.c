@@ -174,10 +174,12 @@ static void test_lifecycle_and_echo(void) {
     char *text = NULL;
     CHECK_STATUS(dreamos_bridge_metrics_json(b, &text), DREAMOS_OK);
     CHECK(text != NULL && text[0] == '{');
+    CHECK_CONTAINS(text, "\"c.echo\":{\"accepted\":");   /* per-route counters */
+    CHECK_CONTAINS(text, "\"ROUTE_NOT_FOUND\":1");         /* the unregistered route above */
     dreamos_string_free(text);
     text = NULL;
     CHECK_STATUS(dreamos_bridge_metrics_text(b, &text), DREAMOS_OK);
-    CHECK(text != NULL);
+    CHECK_CONTAINS(text, "# TYPE dreamos_bridge_messages_accepted_total");
     dreamos_string_free(text);
     text = NULL;
     CHECK_STATUS(dreamos_bridge_health_json(b, &text), DREAMOS_OK);
