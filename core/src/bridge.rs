@@ -861,9 +861,12 @@ impl Call {
     }
 
     /// Stage 6–8: deliver within the deadline and account for the outcome.
-    pub async fn deliver(mut self) -> Result<Payload> {
-        let result = self.deliver_once().await;
-        self.acct.complete(&result);
+    pub async fn deliver(self) -> Result<Payload> {
+        // The message moves into the handler: no payload copy on this path.
+        let Call { mut acct, msg, route, deadline, permit, .. } = self;
+        let result = deliver_to(&acct.inner, &route, deadline, msg).await;
+        drop(permit);
+        acct.complete(&result);
         result
     }
 
@@ -871,30 +874,6 @@ impl Call {
     /// on the caller's event loop): record the outcome.
     pub fn finish(mut self, result: &Result<Payload>) {
         self.acct.complete(result);
-    }
-
-    async fn deliver_once(&mut self) -> Result<Payload> {
-        let inner = self.acct.inner.clone();
-        let span = tracing::debug_span!("bridge.deliver", id = %self.msg.id, destination = %self.msg.destination, route = %self.route.pattern);
-        let msg = self.msg.clone();
-        let work = async {
-            match &self.route.target {
-                Target::Handler(h) => match AssertUnwindSafe(h.call(msg)).catch_unwind().await {
-                    Ok(r) => r,
-                    Err(_) => Err(BridgeError::handler("the handler panicked")),
-                },
-                Target::Service(s) => inner.connections.deliver(s, &msg).await,
-            }
-        };
-        tokio::select! {
-            biased;
-            r = work.instrument(span) => r,
-            _ = tokio::time::sleep_until(self.deadline.into()) => Err(BridgeError::timeout(format!(
-                "no reply from {:?} within the deadline; raise the timeout or check the handler",
-                self.route.pattern
-            ))),
-            _ = inner.cancel.cancelled() => Err(BridgeError::shutdown()),
-        }
     }
 
     /// Publish delivery: retries with backoff, then the dead-letter store.
@@ -924,7 +903,7 @@ impl Call {
         loop {
             attempt += 1;
             self.deadline = Instant::now() + per_attempt;
-            let result = self.deliver_once().await;
+            let result = deliver_to(&self.acct.inner, &self.route, self.deadline, self.msg.clone()).await;
             match result {
                 Ok(_) => {
                     self.acct.complete(&Ok(()));
@@ -947,6 +926,31 @@ impl Call {
                 }
             }
         }
+    }
+}
+
+/// Deliver one message to the route's target, racing the deadline and
+/// shutdown. A panicking handler becomes `HANDLER_ERROR`.
+async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Message) -> Result<Payload> {
+    let span =
+        tracing::debug_span!("bridge.deliver", id = %msg.id, destination = %msg.destination, route = %route.pattern);
+    let work = async {
+        match &route.target {
+            Target::Handler(h) => match AssertUnwindSafe(h.call(msg)).catch_unwind().await {
+                Ok(r) => r,
+                Err(_) => Err(BridgeError::handler("the handler panicked")),
+            },
+            Target::Service(s) => inner.connections.deliver(s, &msg).await,
+        }
+    };
+    tokio::select! {
+        biased;
+        r = work.instrument(span) => r,
+        _ = tokio::time::sleep_until(deadline.into()) => Err(BridgeError::timeout(format!(
+            "no reply from {:?} within the deadline; raise the timeout or check the handler",
+            route.pattern
+        ))),
+        _ = inner.cancel.cancelled() => Err(BridgeError::shutdown()),
     }
 }
 

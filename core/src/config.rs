@@ -508,7 +508,7 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
 }
 
 fn seconds_to_duration(s: f64) -> Option<Duration> {
-    (s.is_finite() && s >= 0.0 && s < 1e12).then(|| Duration::from_secs_f64(s))
+    (s.is_finite() && (0.0..1e12).contains(&s)).then(|| Duration::from_secs_f64(s))
 }
 
 impl<'de> Deserialize<'de> for Seconds {
