@@ -299,7 +299,7 @@ class BridgeManager:
     ) -> str:
         """Fire and forget: return the message id once admitted; failures go to :meth:`dead_letters`."""
         r = self._n.publish(_completer(), destination, payload, token, headers)
-        return await _wait(r) if type(r) is _Pending else r  # type: ignore[no-any-return]
+        return str(await _wait(r))
 
     # -- security -------------------------------------------------------------
 
@@ -319,7 +319,7 @@ class BridgeManager:
 
     def metrics(self) -> Dict[str, Any]:
         """A snapshot of every metric, as a dict."""
-        return self._n.metrics()  # type: ignore[no-any-return]
+        return self._n.metrics()
 
     def metrics_text(self) -> str:
         """Metrics in the Prometheus text format."""
@@ -327,11 +327,12 @@ class BridgeManager:
 
     async def health(self) -> Dict[str, Any]:
         """``{"status": "up"|"degraded"|"down", "services": {...}}``."""
-        return await _wait(self._n.health(_completer()))  # type: ignore[no-any-return]
+        report: Dict[str, Any] = await _wait(self._n.health(_completer()))
+        return report
 
     def dead_letters(self) -> List[Dict[str, Any]]:
         """Publishes that finally failed, oldest first."""
-        return self._n.dead_letters()  # type: ignore[no-any-return]
+        return self._n.dead_letters()
 
     async def replay(self, id: str) -> None:
         """Deliver a dead letter again; on failure it goes back with the new error."""

@@ -1,10 +1,27 @@
 """Type stubs of the private native module (checked by ``mypy.stubtest``)."""
 
 import asyncio
-from typing import Any, Callable, Dict, Generator, List, Mapping, Optional, Type, Union
+from typing import Any, Callable, Dict, Generator, List, Mapping, Optional, Type, Union, final
+
+
+__all__ = [
+    "Bridge",
+    "Direct",
+    "Completer",
+    "Pending",
+    "Resolver",
+    "Message",
+    "Token",
+    "_register_errors",
+    "_register_dispatch",
+    "_after_fork_in_child",
+    "_shutdown_runtime",
+    "ERROR_CODES",
+]
 
 ERROR_CODES: List[str]
 
+@final
 class Message:
     def __new__(
         cls,
@@ -29,6 +46,7 @@ class Message:
     @property
     def priority(self) -> int: ...
 
+@final
 class Token:
     @property
     def value(self) -> str: ...
@@ -39,6 +57,7 @@ class Token:
     @property
     def expires_at(self) -> int: ...
 
+@final
 class Completer:
     def __new__(cls, event_loop: asyncio.AbstractEventLoop) -> "Completer": ...
     @property
@@ -47,10 +66,12 @@ class Completer:
     def valid(self) -> bool: ...
     def _drain(self) -> None: ...
 
+@final
 class Pending:
     def __await__(self) -> Generator[Any, None, Any]: ...
     def abort(self) -> None: ...
 
+@final
 class Direct:
     @property
     def func(self) -> Callable[[Message], Any]: ...
@@ -62,12 +83,14 @@ class Direct:
     def timed_out(self) -> BaseException: ...
     def cancel(self) -> None: ...
 
+@final
 class Resolver:
     def ok(self, value: Any) -> None: ...
     def fail(self, exc: BaseException) -> None: ...
     def set_task(self, task: "asyncio.Future[Any]") -> None: ...
     def task_done(self, task: "asyncio.Future[Any]") -> None: ...
 
+@final
 class Bridge:
     def __new__(cls, config: Optional[Mapping[str, Any]] = None) -> "Bridge": ...
     @staticmethod
@@ -110,7 +133,7 @@ class Bridge:
     def _register_rust_echo(self, pattern: str) -> None: ...
     def _route_naive(self, destination: Union[str, Message], payload: Any) -> "asyncio.Future[Any]": ...
 
-def _register_errors(classes: Dict[str, Type[BaseException]]) -> None: ...
+def _register_errors(classes: Mapping[str, Type[BaseException]]) -> None: ...
 def _register_dispatch(dispatch: Callable[..., None]) -> None: ...
 def _after_fork_in_child() -> None: ...
 def _shutdown_runtime() -> None: ...
