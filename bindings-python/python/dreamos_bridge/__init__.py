@@ -25,9 +25,10 @@ import atexit
 import inspect
 import os
 import threading
+import types
 import weakref
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Dict, List, Mapping, Optional, Type, TypeVar, Union
+from typing import Any, Awaitable, Callable, Coroutine, Dict, Generator, List, Mapping, Optional, Type, TypeVar, Union
 
 from . import _native
 from ._errors import (
@@ -150,12 +151,57 @@ async def _wait(r: Any) -> Any:
     return r
 
 
+_CoroutineType = types.CoroutineType
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Go on running a coroutine that was already stepped once, inside the current task
+    (what ``await`` does, but starting after the first step)."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as e:  # cancellation and the timeout reach the handler
+            try:
+                yielded = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
 async def _run_direct(d: Any) -> Any:
-    """Call a handler that lives on this loop, under the call's deadline."""
+    """Call a handler that lives on this loop, under the call's deadline.
+
+    A coroutine handler is stepped once by hand: most handlers answer without
+    suspending, and then no deadline timer is needed at all. Only a handler
+    that suspends runs the rest of its course under ``asyncio.timeout``.
+    """
     cm = None
     try:
         r = d.func(d.message)
-        if _isawaitable(r):
+        if type(r) is _CoroutineType:
+            try:
+                step = r.send(None)
+            except StopIteration as stop:
+                r = stop.value
+            else:
+                if _timeout is not None:
+                    cm = _timeout(d.remaining())
+                    async with cm:
+                        r = await _resume(r, step)
+                else:  # Python < 3.11
+                    try:
+                        r = await asyncio.wait_for(_resume(r, step), d.remaining())
+                    except asyncio.TimeoutError:
+                        raise d.timed_out() from None
+        elif _isawaitable(r):
             if _timeout is not None:
                 cm = _timeout(d.remaining())
                 async with cm:
