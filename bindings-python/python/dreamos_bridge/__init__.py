@@ -176,41 +176,27 @@ def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any,
                 return stop.value
 
 
-async def _run_direct(d: Any) -> Any:
-    """Call a handler that lives on this loop, under the call's deadline.
+_START = object()  # an awaitable that has not been stepped yet
+_DONE = object()  # a plain function's reply
 
-    A coroutine handler is stepped once by hand: most handlers answer without
-    suspending, and then no deadline timer is needed at all. Only a handler
-    that suspends runs the rest of its course under ``asyncio.timeout``.
-    """
+
+async def _run_suspended(d: Any, aw: Any, step: Any) -> Any:
+    """The rest of a direct call whose handler suspended: under the call's deadline."""
     cm = None
     try:
-        r = d.func(d.message)
-        if type(r) is _CoroutineType:
+        if step is _START:
+            coro = aw
+        else:
+            coro = _resume(aw, step)
+        if _timeout is not None:
+            cm = _timeout(d.remaining())
+            async with cm:
+                r = await coro
+        else:  # Python < 3.11
             try:
-                step = r.send(None)
-            except StopIteration as stop:
-                r = stop.value
-            else:
-                if _timeout is not None:
-                    cm = _timeout(d.remaining())
-                    async with cm:
-                        r = await _resume(r, step)
-                else:  # Python < 3.11
-                    try:
-                        r = await asyncio.wait_for(_resume(r, step), d.remaining())
-                    except asyncio.TimeoutError:
-                        raise d.timed_out() from None
-        elif _isawaitable(r):
-            if _timeout is not None:
-                cm = _timeout(d.remaining())
-                async with cm:
-                    r = await r
-            else:  # Python < 3.11
-                try:
-                    r = await asyncio.wait_for(r, d.remaining())
-                except asyncio.TimeoutError:
-                    raise d.timed_out() from None
+                r = await asyncio.wait_for(coro, d.remaining())
+            except asyncio.TimeoutError:
+                raise d.timed_out() from None
     except asyncio.CancelledError:
         d.cancel()
         raise
@@ -326,7 +312,23 @@ class BridgeManager:
         r = self._n.route(_completer(), destination, payload, token, timeout, headers)
         t = type(r)
         if t is _Direct:
-            return await _run_direct(r)
+            # A handler on this loop: call it here. A coroutine is stepped once
+            # by hand; most answer without suspending and need no deadline timer.
+            try:
+                x = r.func(r.message)
+                if type(x) is _CoroutineType:
+                    step = x.send(None)
+                elif _isawaitable(x):
+                    step = _START
+                else:
+                    step = _DONE
+            except StopIteration as stop:
+                return r.finish(stop.value)
+            except Exception as e:
+                raise r.fail(e) from e
+            if step is _DONE:
+                return r.finish(x)
+            return await _run_suspended(r, x, step)
         if t is _Pending:
             try:
                 return await r
