@@ -316,7 +316,7 @@ impl PyBridge {
                 .handler()
                 .and_then(|h| h.as_any())
                 .and_then(|a| a.downcast_ref::<PyHandler>())
-                .filter(|h| h.event_loop(py).is_some_and(|l| l.is(&c.event_loop)))
+                .filter(|h| h.runs_on(&c.event_loop))
                 .map(|h| h.func.clone_ref(py));
             if let Some(func) = local {
                 match call.try_admit() {

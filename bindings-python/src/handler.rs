@@ -53,6 +53,14 @@ impl PyHandler {
         PyHandler { func, event_loop, home, max_depth }
     }
 
+    /// Does this handler run on `event_loop`?
+    pub fn runs_on(&self, event_loop: &Py<PyAny>) -> bool {
+        match &self.event_loop {
+            Some(l) => l.is(event_loop),
+            None => self.home.lock().as_ref().is_some_and(|l| l.is(event_loop)),
+        }
+    }
+
     /// The loop this handler runs on.
     pub fn event_loop(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         match &self.event_loop {

@@ -34,11 +34,26 @@ pub fn exiting() -> bool {
     EXITING.load(Ordering::Acquire)
 }
 
+thread_local! {
+    /// This thread's view of the runtime, valid for one fork generation.
+    static CACHED: std::cell::RefCell<Option<(u64, Arc<Runtime>)>> = const { std::cell::RefCell::new(None) };
+}
+
 /// The process's runtime, built on first use (and again after a fork).
 pub fn runtime() -> Result<Arc<Runtime>, BridgeError> {
     if exiting() {
         return Err(BridgeError::shutdown().context("the interpreter is exiting"));
     }
+    let generation = fork_generation();
+    if let Some(rt) = CACHED.with_borrow(|c| c.as_ref().filter(|(g, _)| *g == generation).map(|(_, rt)| rt.clone())) {
+        return Ok(rt);
+    }
+    let rt = shared_runtime()?;
+    CACHED.with_borrow_mut(|c| *c = Some((generation, rt.clone())));
+    Ok(rt)
+}
+
+fn shared_runtime() -> Result<Arc<Runtime>, BridgeError> {
     let pid = std::process::id();
     // A lock held by a parent thread at fork time stays "held" in the child:
     // bound the wait instead of hanging.
@@ -75,6 +90,7 @@ pub fn _after_fork_in_child() {
 #[pyfunction]
 pub fn _shutdown_runtime(py: Python<'_>) {
     EXITING.store(true, Ordering::Release);
+    CACHED.with_borrow_mut(|c| c.take());
     let taken = RUNTIME.try_lock_for(Duration::from_secs(1)).and_then(|mut s| s.take());
     if let Some((pid, rt)) = taken {
         if pid != std::process::id() {
@@ -83,7 +99,8 @@ pub fn _shutdown_runtime(py: Python<'_>) {
         }
         match Arc::try_unwrap(rt) {
             Ok(rt) => py.detach(|| rt.shutdown_timeout(Duration::from_millis(500))),
-            // Someone still holds it (a pending call): leave it to the OS.
+            // Another thread still holds it (an event loop thread's cache,
+            // a pending call): leave it to the OS.
             Err(rt) => std::mem::forget(rt),
         }
     }
