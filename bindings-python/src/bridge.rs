@@ -238,7 +238,7 @@ impl PyBridge {
             {
                 let mut home = self.home.lock();
                 if home.is_none() {
-                    *home = Some(c.event_loop.clone_ref(py));
+                    *home = Some(c.get_loop(py)?);
                 }
             }
             let b = self.bridge.clone();
@@ -316,7 +316,7 @@ impl PyBridge {
                 .handler()
                 .and_then(|h| h.as_any())
                 .and_then(|a| a.downcast_ref::<PyHandler>())
-                .filter(|h| h.runs_on(&c.event_loop))
+                .filter(|h| h.runs_on(c.loop_ptr))
                 .map(|h| h.func.clone_ref(py));
             if let Some(func) = local {
                 match call.try_admit() {

@@ -47,11 +47,14 @@ impl Shared {
 }
 
 /// One per event loop; created by `dreamos_bridge` the first time a loop calls in.
+///
+/// It holds its loop weakly (the package keeps completers in a
+/// `WeakKeyDictionary` keyed by loop, so a strong reference would keep every
+/// loop alive forever); `loop_ptr` identifies the loop for cheap comparisons.
 #[pyclass(module = "dreamos_bridge._native", frozen)]
 pub struct Completer {
-    /// The event loop it completes futures on.
-    #[pyo3(get, name = "loop")]
-    pub event_loop: Py<PyAny>,
+    loop_ref: Py<PyAny>,
+    pub loop_ptr: usize,
     pub shared: Arc<Shared>,
     reader: UnixStream,
     generation: u64,
@@ -60,17 +63,25 @@ pub struct Completer {
 #[pymethods]
 impl Completer {
     #[new]
-    fn new(event_loop: Py<PyAny>) -> PyResult<Self> {
+    fn new(event_loop: &Bound<'_, PyAny>) -> PyResult<Self> {
         let (reader, writer) = UnixStream::pair()
             .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("socketpair for the completer: {e}")))?;
         reader.set_nonblocking(true)?;
         writer.set_nonblocking(true)?;
+        let loop_ref = pyo3::types::PyWeakrefReference::new(event_loop)?.into_any().unbind();
         Ok(Completer {
-            event_loop,
+            loop_ref,
+            loop_ptr: event_loop.as_ptr() as usize,
             shared: Arc::new(Shared { queue: Mutex::new(Vec::new()), writer }),
             reader,
             generation: fork_generation(),
         })
+    }
+
+    /// The event loop (None once it is gone).
+    #[getter(r#loop)]
+    pub fn get_loop(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.loop_ref.bind(py).call0()?.unbind())
     }
 
     /// The file descriptor to pass to `loop.add_reader`.
@@ -111,7 +122,11 @@ impl Completer {
 impl Completer {
     /// A new future on this loop.
     pub fn create_future(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(self.event_loop.bind(py).call_method0(pyo3::intern!(py, "create_future"))?.unbind())
+        let event_loop = self.get_loop(py)?;
+        if event_loop.is_none(py) {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err("the event loop is gone"));
+        }
+        Ok(event_loop.bind(py).call_method0(pyo3::intern!(py, "create_future"))?.unbind())
     }
 }
 

@@ -54,10 +54,11 @@ impl PyHandler {
     }
 
     /// Does this handler run on `event_loop`?
-    pub fn runs_on(&self, event_loop: &Py<PyAny>) -> bool {
+    /// (The handler holds its loop, so the address cannot belong to another loop.)
+    pub fn runs_on(&self, loop_ptr: usize) -> bool {
         match &self.event_loop {
-            Some(l) => l.is(event_loop),
-            None => self.home.lock().as_ref().is_some_and(|l| l.is(event_loop)),
+            Some(l) => l.as_ptr() as usize == loop_ptr,
+            None => self.home.lock().as_ref().is_some_and(|l| l.as_ptr() as usize == loop_ptr),
         }
     }
 
