@@ -162,3 +162,29 @@ async def test_publish_to_handler_on_other_loop_runs_there(bridge: BridgeManager
     await bridge.publish("events.x", 1)
     await asyncio.wait_for(ev.wait(), 5)
     assert got == [me]
+
+
+def test_event_loops_are_not_kept_alive() -> None:
+    """Each loop gets a completer; neither may keep the other alive after asyncio.run()."""
+    import gc
+    import weakref
+
+    refs: List[Any] = []
+
+    def worker() -> None:
+        async def main() -> None:
+            refs.append(weakref.ref(asyncio.get_running_loop()))
+            async with BridgeManager() as b:
+                b._n._register_rust_echo("rust.echo")
+                b.register_route("agents.echo", lambda m: m.payload)
+                assert await b.route("rust.echo", 1) == 1
+                assert await b.route("agents.echo", 2) == 2
+
+        for _ in range(3):
+            asyncio.run(main())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(60)
+    gc.collect()
+    assert len(refs) == 3 and all(r() is None for r in refs)
