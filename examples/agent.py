@@ -84,7 +84,10 @@ async def main() -> None:
         print("audit log:", audit_log)
 
         print("health:", await bridge.health())
-        print("metrics:", json.dumps(bridge.metrics(), indent=2)[:2000])
+        metrics = bridge.metrics()
+        totals = metrics.get("totals", metrics)
+        print("metrics (totals):", json.dumps({k: v for k, v in totals.items() if k != "latency"}))
+        print("metrics (per route):", json.dumps({r: s["ok"] for r, s in metrics.get("routes", {}).items()}))
 
 
 if __name__ == "__main__":
