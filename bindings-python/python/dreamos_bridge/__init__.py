@@ -1,0 +1,390 @@
+"""dreamos_bridge: the Dream.OS bridge engine for asyncio.
+
+One Rust engine, embedded in the agent's process: it authenticates the caller,
+authorizes the destination, rate-limits, routes by subject pattern, delivers to
+an in-process handler or an HTTP service, records metrics and returns the reply
+or one typed exception::
+
+    from dreamos_bridge import BridgeManager
+
+    async with BridgeManager() as bridge:
+        @bridge.handler("agents.echo")
+        async def echo(msg):
+            return msg.payload
+
+        print(await bridge.route("agents.echo", {"hi": 1}))
+
+How the binding keeps calls cheap is explained in ``docs/python.md`` and in the
+native module's documentation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import os
+import threading
+import types
+import weakref
+from types import TracebackType
+from typing import Any, Awaitable, Callable, Coroutine, Dict, Generator, List, Mapping, Optional, Type, TypeVar, Union
+
+from . import _native
+from ._errors import (
+    AuthenticationError,
+    AuthorizationError,
+    BridgeError,
+    BridgeTimeoutError,
+    ConfigError,
+    HandlerError,
+    InternalError,
+    InvalidMessageError,
+    QueueFullError,
+    RateLimitedError,
+    RouteNotFoundError,
+    ServiceUnavailableError,
+    ShutdownError,
+    UpstreamError,
+    by_code,
+)
+from ._native import Message, Token
+
+__all__ = [
+    "BridgeManager",
+    "Message",
+    "Token",
+    "BridgeError",
+    "ConfigError",
+    "InvalidMessageError",
+    "AuthenticationError",
+    "AuthorizationError",
+    "RouteNotFoundError",
+    "RateLimitedError",
+    "QueueFullError",
+    "BridgeTimeoutError",
+    "ServiceUnavailableError",
+    "UpstreamError",
+    "HandlerError",
+    "ShutdownError",
+    "InternalError",
+]
+
+__version__ = "0.1.0"
+
+Payload = Any
+"""Anything JSON-shaped (dict with str keys, list, tuple, str, int, float, bool, None), or bytes."""
+
+Handler = Callable[[Message], Union[Payload, Awaitable[Payload]]]
+H = TypeVar("H", bound=Callable[..., Any])
+TokenLike = Union[Token, str]
+
+_Direct = _native.Direct
+_Pending = _native.Pending
+_timeout = getattr(asyncio, "timeout", None)  # Python >= 3.11
+_isawaitable = inspect.isawaitable
+
+
+def _dispatch(func: Handler, msg: Message, resolver: Any) -> None:
+    """Run a handler on its own loop for a call that came from another thread."""
+    try:
+        r = func(msg)
+        if _isawaitable(r):
+            task = asyncio.ensure_future(r)
+            resolver.set_task(task)
+            task.add_done_callback(resolver.task_done)
+            return
+    except Exception as e:  # the handler's failure is the caller's HandlerError
+        resolver.fail(e)
+        return
+    resolver.ok(r)
+
+
+# ---------------------------------------------------------------------------
+# One completer per event loop (see the native module docs): a socket pair
+# registered with loop.add_reader through which tokio threads hand back
+# results in batches.
+
+_completers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+_completers_lock = threading.Lock()
+_tls = threading.local()
+
+
+def _completer() -> Any:
+    loop = asyncio.get_running_loop()
+    cached = getattr(_tls, "pair", None)
+    if cached is not None and cached[0] is loop:
+        return cached[1]
+    with _completers_lock:
+        c = _completers.get(loop)
+        if c is None:
+            c = _native.Completer(loop)
+            loop.add_reader(c.fileno(), c._drain)
+            _completers[loop] = c
+    _tls.pair = (loop, c)
+    return c
+
+
+def _after_fork_in_child() -> None:
+    global _tls, _completers, _completers_lock
+    _native._after_fork_in_child()
+    # The parent's socket pairs are shared with it: start afresh.
+    _tls = threading.local()
+    _completers = weakref.WeakKeyDictionary()
+    _completers_lock = threading.Lock()
+
+
+_native._register_errors(by_code())
+_native._register_dispatch(_dispatch)
+atexit.register(_native._shutdown_runtime)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+async def _wait(r: Any) -> Any:
+    if type(r) is _Pending:
+        try:
+            return await r
+        except asyncio.CancelledError:
+            r.abort()
+            raise
+    return r
+
+
+_CoroutineType = types.CoroutineType
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any, Any]:
+    """Go on running a coroutine that was already stepped once, inside the current task
+    (what ``await`` does, but starting after the first step)."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as e:  # cancellation and the timeout reach the handler
+            try:
+                yielded = coro.throw(e)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+_START = object()  # an awaitable that has not been stepped yet
+_DONE = object()  # a plain function's reply
+
+
+async def _run_suspended(d: Any, aw: Any, step: Any) -> Any:
+    """The rest of a direct call whose handler suspended: under the call's deadline."""
+    cm = None
+    try:
+        if step is _START:
+            coro = aw
+        else:
+            coro = _resume(aw, step)
+        if _timeout is not None:
+            cm = _timeout(d.remaining())
+            async with cm:
+                r = await coro
+        else:  # Python < 3.11
+            try:
+                r = await asyncio.wait_for(coro, d.remaining())
+            except asyncio.TimeoutError:
+                raise d.timed_out() from None
+    except asyncio.CancelledError:
+        d.cancel()
+        raise
+    except BridgeTimeoutError as e:
+        if cm is None:  # from the wait_for branch, already accounted
+            raise
+        raise d.fail(e) from e
+    except TimeoutError as e:
+        if cm is not None and cm.expired():
+            raise d.timed_out() from None
+        raise d.fail(e) from e
+    except Exception as e:
+        raise d.fail(e) from e
+    return d.finish(r)
+
+
+class BridgeManager:
+    """The bridge: lifecycle, routes, security and the message flow.
+
+    ``BridgeManager()`` runs on embedded defaults (in-process handlers only);
+    ``BridgeManager(config_dict)`` takes the YAML structure as a dict.
+    """
+
+    __slots__ = ("_n", "__weakref__")
+
+    def __init__(self, config: Optional[Mapping[str, Any]] = None) -> None:
+        self._n = _native.Bridge(dict(config) if config is not None and not isinstance(config, dict) else config)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> "BridgeManager":
+        """Build from YAML text (``${VAR}`` expands from the environment)."""
+        self = cls.__new__(cls)
+        self._n = _native.Bridge.from_yaml(text)
+        return self
+
+    @classmethod
+    def from_file(cls, path: Union[str, "os.PathLike[str]"]) -> "BridgeManager":
+        """Build from a YAML file."""
+        self = cls.__new__(cls)
+        self._n = _native.Bridge.from_file(os.fspath(path))
+        return self
+
+    # -- lifecycle ------------------------------------------------------------
+
+    async def initialize(self) -> None:
+        """Start the bridge. Handlers registered without a running loop will run on this loop."""
+        await _wait(self._n.initialize(_completer()))
+
+    async def shutdown(self) -> None:
+        """Stop admitting, drain in-flight calls (grace period), fail the rest with ``ShutdownError``."""
+        await _wait(self._n.shutdown(_completer()))
+
+    @property
+    def running(self) -> bool:
+        """Is the bridge admitting messages?"""
+        return bool(self._n.is_running())
+
+    async def __aenter__(self) -> "BridgeManager":
+        await self.initialize()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        await self.shutdown()
+
+    # -- routes ---------------------------------------------------------------
+
+    def register_route(self, pattern: str, handler: Handler) -> None:
+        """Route ``pattern`` to ``handler`` (an ``async def`` or a plain function taking a ``Message``).
+
+        The handler runs on the event loop running now (or, if none, the one
+        the bridge is initialized on). Callers on that loop call it directly.
+        """
+        try:
+            loop: Optional[asyncio.AbstractEventLoop] = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        self._n.register_route(pattern, handler, loop)
+
+    def handler(self, pattern: str) -> Callable[[H], H]:
+        """Decorator form of :meth:`register_route`."""
+
+        def register(fn: H) -> H:
+            self.register_route(pattern, fn)
+            return fn
+
+        return register
+
+    def unregister_route(self, pattern: str) -> bool:
+        """Remove the route with exactly this pattern; True if there was one."""
+        return bool(self._n.unregister_route(pattern))
+
+    def routes(self) -> List[str]:
+        """The registered patterns."""
+        return list(self._n.routes())
+
+    # -- the message flow -----------------------------------------------------
+
+    async def route(
+        self,
+        destination: Union[str, Message],
+        payload: Payload = None,
+        *,
+        token: Optional[TokenLike] = None,
+        timeout: Optional[float] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Payload:
+        """Send a request and return the reply. Cancelling the awaiting task cancels the call."""
+        r = self._n.route(_completer(), destination, payload, token, timeout, headers)
+        t = type(r)
+        if t is _Direct:
+            # A handler on this loop: call it here. A coroutine is stepped once
+            # by hand; most answer without suspending and need no deadline timer.
+            try:
+                x = r.func(r.message)
+                if type(x) is _CoroutineType:
+                    step = x.send(None)
+                elif _isawaitable(x):
+                    step = _START
+                else:
+                    step = _DONE
+            except StopIteration as stop:
+                return r.finish(stop.value)
+            except Exception as e:
+                raise r.fail(e) from e
+            if step is _DONE:
+                return r.finish(x)
+            return await _run_suspended(r, x, step)
+        if t is _Pending:
+            try:
+                return await r
+            except asyncio.CancelledError:
+                r.abort()
+                raise
+        return r
+
+    async def publish(
+        self,
+        destination: Union[str, Message],
+        payload: Payload = None,
+        *,
+        token: Optional[TokenLike] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> str:
+        """Fire and forget: return the message id once admitted; failures go to :meth:`dead_letters`."""
+        r = self._n.publish(_completer(), destination, payload, token, headers)
+        return str(await _wait(r))
+
+    # -- security -------------------------------------------------------------
+
+    async def authenticate(self, credentials: Mapping[str, str]) -> Token:
+        """Exchange ``{"api_key": ...}`` (or ``{"token": <OIDC JWT>}``) for a bridge token."""
+        return self._n.authenticate(dict(credentials))
+
+    async def authorize(self, token: TokenLike, resource: str, action: str = "route") -> bool:
+        """May the token's principal take ``action`` (route, publish, handle, admin) on ``resource``?"""
+        return bool(self._n.authorize(token, resource, action))
+
+    async def revoke(self, token: TokenLike) -> None:
+        """Revoke a token until it expires."""
+        self._n.revoke(token)
+
+    # -- observability --------------------------------------------------------
+
+    def metrics(self) -> Dict[str, Any]:
+        """A snapshot of every metric, as a dict."""
+        return self._n.metrics()
+
+    def metrics_text(self) -> str:
+        """Metrics in the Prometheus text format."""
+        return str(self._n.metrics_text())
+
+    async def health(self) -> Dict[str, Any]:
+        """``{"status": "up"|"degraded"|"down", "services": {...}}``."""
+        report: Dict[str, Any] = await _wait(self._n.health(_completer()))
+        return report
+
+    def dead_letters(self) -> List[Dict[str, Any]]:
+        """Publishes that finally failed, oldest first."""
+        return self._n.dead_letters()
+
+    async def replay(self, id: str) -> None:
+        """Deliver a dead letter again; on failure it goes back with the new error."""
+        await _wait(self._n.replay(_completer(), id))
+
+    def __repr__(self) -> str:
+        return f"<BridgeManager running={self.running} routes={len(self.routes())}>"

@@ -1,0 +1,544 @@
+//! The native `Bridge`: converts arguments, calls the engine, maps errors.
+//!
+//! Every method that may wait takes the caller's [`Completer`] and returns
+//! one of three things, which `dreamos_bridge/__init__.py` tells apart by type:
+//!
+//! - the result itself, when the engine finished during the first poll,
+//!   made on the caller's thread (validate, authenticate, authorize, resolve
+//!   and admit never wait, and an in-process Rust handler usually answers at
+//!   once): no thread hop, no future;
+//! - a [`Direct`] call, when the route resolved to a Python handler living on
+//!   the caller's own loop and admission succeeded at once: Python calls the
+//!   handler itself and reports the outcome with `finish`/`fail`;
+//! - a [`Pending`], when the work has to wait (admission queue, HTTP, a
+//!   handler on another loop): the future runs on tokio and its result comes
+//!   back through the loop's batched completer.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use dreamos_bridge::bridge::Call;
+use dreamos_bridge::{Action, BridgeConfig, BridgeError, BridgeManager, CallOptions, Credentials, Payload, handler_fn};
+use futures_util::FutureExt;
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyInt, PyList, PyString};
+
+use crate::completer::{Completer, Pending, make_result};
+use crate::convert::{check_reply, payload_to_py, py_to_payload, py_to_value, value_to_py};
+use crate::errors::{guard, handler_error, to_pyerr};
+use crate::handler::{HomeLoop, PyHandler};
+use crate::message::{PyMessage, PyToken, headers_from_py, token_arg};
+use crate::runtime::{fork_generation, runtime};
+
+type BoxedFuture<T> = Pin<Box<dyn Future<Output = std::thread::Result<Result<T, BridgeError>>> + Send>>;
+
+/// Poll `fut` once on this thread (GIL released, runtime entered); if it is
+/// not done, hand it to tokio and return a [`Pending`] completed through
+/// `completer`.
+fn run_or_spawn<T, F>(
+    py: Python<'_>,
+    completer: &Completer,
+    fut: F,
+    conv: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
+) -> PyResult<Py<PyAny>>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, BridgeError>> + Send + 'static,
+{
+    let rt = runtime().map_err(|e| to_pyerr(py, &e))?;
+    let mut fut: BoxedFuture<T> = Box::pin(AssertUnwindSafe(fut).catch_unwind());
+    let polled = py.detach(|| {
+        let _entered = rt.enter();
+        fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    });
+    match polled {
+        Poll::Ready(r) => conv_result(py, flatten(r), conv),
+        Poll::Pending => {
+            if !completer.valid() {
+                return Err(to_pyerr(py, &BridgeError::internal("event-loop completer used across fork()")));
+            }
+            let future = completer.create_future(py)?;
+            let target = future.clone_ref(py);
+            let shared = completer.shared.clone();
+            let handle = rt.spawn(async move {
+                let r = flatten(fut.await);
+                shared.push(target, make_result(r, conv));
+            });
+            Ok(Py::new(py, Pending::new(future, handle.abort_handle()))?.into_any())
+        }
+    }
+}
+
+fn flatten<T>(r: std::thread::Result<Result<T, BridgeError>>) -> Result<T, BridgeError> {
+    r.unwrap_or_else(|_| Err(BridgeError::internal("bug in dreamos_bridge: the engine panicked (please report it)")))
+}
+
+fn conv_result<T>(
+    py: Python<'_>,
+    r: Result<T, BridgeError>,
+    conv: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
+) -> PyResult<Py<PyAny>> {
+    match r {
+        Ok(v) => conv(py, v),
+        Err(e) => Err(to_pyerr(py, &e)),
+    }
+}
+
+fn conv_payload(py: Python<'_>, p: Payload) -> PyResult<Py<PyAny>> {
+    Ok(payload_to_py(py, &p)?.unbind())
+}
+
+fn conv_none(py: Python<'_>, _: ()) -> PyResult<Py<PyAny>> {
+    Ok(py.None())
+}
+
+fn conv_json(py: Python<'_>, v: serde_json::Value) -> PyResult<Py<PyAny>> {
+    Ok(value_to_py(py, &v)?.unbind())
+}
+
+fn conv_str(py: Python<'_>, s: String) -> PyResult<Py<PyAny>> {
+    Ok(PyString::new(py, &s).into_any().unbind())
+}
+
+fn invalid(py: Python<'_>, msg: impl Into<String>) -> PyErr {
+    to_pyerr(py, &BridgeError::invalid(msg))
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+}
+
+/// `timeout=` in seconds (None: the route's or the bridge's default).
+fn timeout_arg(py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    let Some(t) = timeout.filter(|t| !t.is_none()) else { return Ok(None) };
+    let secs =
+        if t.is_instance_of::<PyFloat>() || t.is_instance_of::<PyInt>() { t.extract::<f64>().ok() } else { None };
+    match secs {
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        _ => Err(invalid(py, format!("timeout must be a positive number of seconds, not {}", t.repr()?))),
+    }
+}
+
+fn action_arg(py: Python<'_>, action: &str) -> PyResult<Action> {
+    Ok(match action {
+        "route" => Action::Route,
+        "publish" => Action::Publish,
+        "handle" => Action::Handle,
+        "admin" => Action::Admin,
+        other => {
+            return Err(invalid(py, format!("action must be route, publish, handle or admin, not {other:?}")));
+        }
+    })
+}
+
+/// The native bridge; `dreamos_bridge.BridgeManager` wraps it.
+#[pyclass(name = "Bridge", module = "dreamos_bridge._native", frozen)]
+pub struct PyBridge {
+    bridge: BridgeManager,
+    home: HomeLoop,
+    generation: u64,
+    max_depth: usize,
+}
+
+impl PyBridge {
+    fn wrap(bridge: BridgeManager) -> Self {
+        let max_depth = bridge.config().limits.max_json_depth;
+        PyBridge { bridge, home: Arc::new(Mutex::new(None)), generation: fork_generation(), max_depth }
+    }
+
+    /// A bridge carried over from the parent by `fork()` is not usable: its
+    /// background tasks ran on threads the child does not have.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        if self.generation != fork_generation() {
+            return Err(to_pyerr(
+                py,
+                &BridgeError::shutdown().context(
+                    "this BridgeManager was created before fork(); create and initialize a new one in the child process",
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The engine message, plus the payload object and Python message parts.
+    fn message_arg(
+        &self,
+        py: Python<'_>,
+        destination: &Bound<'_, PyAny>,
+        payload: &Bound<'_, PyAny>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<(dreamos_bridge::Message, Py<PyAny>)> {
+        if let Ok(m) = destination.cast::<PyMessage>() {
+            if !payload.is_none() {
+                return Err(invalid(py, "pass the payload inside the Message, not as a second argument"));
+            }
+            let m = m.get();
+            let mut core = m.to_core(py_to_payload(m.payload.bind(py), self.max_depth).map_err(|e| to_pyerr(py, &e))?);
+            core.headers.extend(headers_from_py(py, headers)?);
+            return Ok((core, m.payload.clone_ref(py)));
+        }
+        let Ok(dest) = destination.cast::<PyString>() else {
+            return Err(invalid(py, format!("destination must be a str or a Message, not {}", type_name(destination))));
+        };
+        let body = py_to_payload(payload, self.max_depth).map_err(|e| to_pyerr(py, &e))?;
+        let mut core = dreamos_bridge::Message::new(dest.to_cow()?, body);
+        core.headers = headers_from_py(py, headers)?;
+        Ok((core, payload.clone().unbind()))
+    }
+}
+
+#[pymethods]
+impl PyBridge {
+    #[new]
+    #[pyo3(signature = (config = None))]
+    fn new(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        guard(py, || {
+            let cfg = match config.filter(|c| !c.is_none()) {
+                None => BridgeConfig::default(),
+                Some(c) => {
+                    let v = py_to_value(c, 1, 64)
+                        .map_err(|e| BridgeError::config("", e.message()))
+                        .and_then(|v| {
+                            if v.is_object() {
+                                Ok(v)
+                            } else {
+                                Err(BridgeError::config(
+                                    "",
+                                    format!("the configuration must be a dict, not {}", type_name(c)),
+                                ))
+                            }
+                        })
+                        .map_err(|e| to_pyerr(py, &e))?;
+                    BridgeConfig::from_value(v).map_err(|e| to_pyerr(py, &e))?
+                }
+            };
+            BridgeManager::new(cfg).map(Self::wrap).map_err(|e| to_pyerr(py, &e))
+        })
+    }
+
+    #[staticmethod]
+    fn from_yaml(py: Python<'_>, text: &str) -> PyResult<Self> {
+        guard(py, || BridgeManager::from_yaml(text).map(Self::wrap).map_err(|e| to_pyerr(py, &e)))
+    }
+
+    #[staticmethod]
+    fn from_file(py: Python<'_>, path: &str) -> PyResult<Self> {
+        guard(py, || BridgeManager::from_file(path).map(Self::wrap).map_err(|e| to_pyerr(py, &e)))
+    }
+
+    fn initialize(&self, py: Python<'_>, completer: &Bound<'_, Completer>) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
+        guard(py, || {
+            let c = completer.get();
+            {
+                let mut home = self.home.lock();
+                if home.is_none() {
+                    *home = Some(c.get_loop(py)?);
+                }
+            }
+            let b = self.bridge.clone();
+            run_or_spawn(py, c, async move { b.initialize().await }, conv_none)
+        })
+    }
+
+    fn shutdown(&self, py: Python<'_>, completer: &Bound<'_, Completer>) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
+        guard(py, || {
+            let b = self.bridge.clone();
+            run_or_spawn(
+                py,
+                completer.get(),
+                async move {
+                    b.shutdown().await;
+                    Ok(())
+                },
+                conv_none,
+            )
+        })
+    }
+
+    fn is_running(&self) -> bool {
+        self.generation == fork_generation() && self.bridge.is_running()
+    }
+
+    /// `event_loop`: the loop the handler runs on (None: the bridge's home loop).
+    fn register_route(
+        &self,
+        py: Python<'_>,
+        pattern: &str,
+        func: Py<PyAny>,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
+        self.check(py)?;
+        if !func.bind(py).is_callable() {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "a handler must be callable, not {}",
+                type_name(func.bind(py))
+            )));
+        }
+        let h = PyHandler::new(func, event_loop, self.home.clone(), self.max_depth);
+        self.bridge.register_route(pattern, Arc::new(h)).map_err(|e| to_pyerr(py, &e))
+    }
+
+    fn unregister_route(&self, pattern: &str) -> bool {
+        self.bridge.unregister_route(pattern)
+    }
+
+    fn routes(&self) -> Vec<String> {
+        self.bridge.routes()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (completer, destination, payload, token = None, timeout = None, headers = None))]
+    fn route(
+        &self,
+        py: Python<'_>,
+        completer: &Bound<'_, Completer>,
+        destination: &Bound<'_, PyAny>,
+        payload: &Bound<'_, PyAny>,
+        token: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
+        guard(py, || {
+            let (msg, py_payload) = self.message_arg(py, destination, payload, headers)?;
+            let opts = CallOptions { token: token_arg(py, token)?, timeout: timeout_arg(py, timeout)? };
+            let mut call = self.bridge.begin(Action::Route, msg, &opts).map_err(|e| to_pyerr(py, &e))?;
+            let c = completer.get();
+            // A Python handler on the caller's own loop: let Python call it.
+            let local = call
+                .handler()
+                .and_then(|h| h.as_any())
+                .and_then(|a| a.downcast_ref::<PyHandler>())
+                .filter(|h| h.runs_on(c.loop_ptr))
+                .map(|h| h.func.clone_ref(py));
+            if let Some(func) = local {
+                match call.try_admit() {
+                    Ok(None) => {
+                        let message = Py::new(py, PyMessage::from_core(call.message(), py_payload))?;
+                        let deadline = call.deadline();
+                        let direct =
+                            Direct { call: Mutex::new(Some(call)), func, message, deadline, max_depth: self.max_depth };
+                        return Ok(Py::new(py, direct)?.into_any());
+                    }
+                    Ok(Some(_)) => {}
+                    Err(e) => return Err(to_pyerr(py, &e)),
+                }
+            }
+            run_or_spawn(
+                py,
+                c,
+                async move {
+                    call.admit().await?;
+                    call.deliver().await
+                },
+                conv_payload,
+            )
+        })
+    }
+
+    #[pyo3(signature = (completer, destination, payload, token = None, headers = None))]
+    fn publish(
+        &self,
+        py: Python<'_>,
+        completer: &Bound<'_, Completer>,
+        destination: &Bound<'_, PyAny>,
+        payload: &Bound<'_, PyAny>,
+        token: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
+        guard(py, || {
+            let (msg, _) = self.message_arg(py, destination, payload, headers)?;
+            let opts = CallOptions { token: token_arg(py, token)?, timeout: None };
+            let b = self.bridge.clone();
+            run_or_spawn(
+                py,
+                completer.get(),
+                async move { b.publish(msg, opts).await.map(|id| id.to_string()) },
+                conv_str,
+            )
+        })
+    }
+
+    fn authenticate(&self, py: Python<'_>, credentials: &Bound<'_, PyAny>) -> PyResult<PyToken> {
+        self.check(py)?;
+        guard(py, || {
+            let v = py_to_value(credentials, 1, 8)
+                .map_err(|e| to_pyerr(py, &BridgeError::unauthenticated(format!("credentials: {}", e.message()))))?;
+            let creds = Credentials::from_json(&v).map_err(|e| to_pyerr(py, &e))?;
+            let b = &self.bridge;
+            py.detach(|| b.authenticate(&creds)).map(PyToken::from).map_err(|e| to_pyerr(py, &e))
+        })
+    }
+
+    #[pyo3(signature = (token, resource, action = "route"))]
+    fn authorize(&self, py: Python<'_>, token: &Bound<'_, PyAny>, resource: &str, action: &str) -> PyResult<bool> {
+        self.check(py)?;
+        guard(py, || {
+            let action = action_arg(py, action)?;
+            let token = token_arg(py, Some(token))?.unwrap_or_default();
+            self.bridge.authorize(&token, action, resource).map_err(|e| to_pyerr(py, &e))
+        })
+    }
+
+    fn revoke(&self, py: Python<'_>, token: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.check(py)?;
+        guard(py, || {
+            let token = token_arg(py, Some(token))?.unwrap_or_default();
+            self.bridge.revoke(&token).map_err(|e| to_pyerr(py, &e))
+        })
+    }
+
+    fn metrics(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        guard(py, || {
+            let v = serde_json::to_value(self.bridge.metrics())
+                .map_err(|e| to_pyerr(py, &BridgeError::internal(format!("metrics snapshot: {e}"))))?;
+            conv_json(py, v)
+        })
+    }
+
+    fn metrics_text(&self) -> String {
+        self.bridge.metrics_text()
+    }
+
+    fn health(&self, py: Python<'_>, completer: &Bound<'_, Completer>) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
+        guard(py, || {
+            let b = self.bridge.clone();
+            let fut = async move {
+                serde_json::to_value(b.health().await).map_err(|e| BridgeError::internal(format!("health report: {e}")))
+            };
+            run_or_spawn(py, completer.get(), fut, conv_json)
+        })
+    }
+
+    fn dead_letters(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        guard(py, || {
+            let list = PyList::empty(py);
+            for d in self.bridge.dead_letters() {
+                let mut v = serde_json::to_value(&d)
+                    .map_err(|e| to_pyerr(py, &BridgeError::internal(format!("dead letter: {e}"))))?;
+                // Payloads as the caller sent them (bytes as bytes).
+                let payload = payload_to_py(py, &d.message.payload)?;
+                if let Some(m) = v.get_mut("message").and_then(|m| m.as_object_mut()) {
+                    m.remove("payload");
+                }
+                let obj = value_to_py(py, &v)?;
+                if let Ok(m) = obj.get_item("message") {
+                    m.set_item("payload", payload)?;
+                }
+                list.append(obj)?;
+            }
+            Ok(list.into_any().unbind())
+        })
+    }
+
+    fn replay(&self, py: Python<'_>, completer: &Bound<'_, Completer>, id: &str) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
+        guard(py, || {
+            let id = uuid::Uuid::parse_str(id).map_err(|_| invalid(py, format!("{id:?} is not a message id")))?;
+            let b = self.bridge.clone();
+            run_or_spawn(py, completer.get(), async move { b.replay(id).await }, conv_none)
+        })
+    }
+
+    /// Bench/test only: route `pattern` to a Rust handler that echoes the payload.
+    fn _register_rust_echo(&self, py: Python<'_>, pattern: &str) -> PyResult<()> {
+        let h = handler_fn(|msg: dreamos_bridge::Message| async move { Ok(msg.payload) });
+        self.bridge.register_route(pattern, h).map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// Bench only: the same route through plain `future_into_py` (the naive binding).
+    fn _route_naive<'py>(
+        &self,
+        py: Python<'py>,
+        destination: &Bound<'py, PyAny>,
+        payload: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (msg, _) = self.message_arg(py, destination, payload, None)?;
+        let b = self.bridge.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let r = b.route(msg, CallOptions::default()).await;
+            Python::attach(|py| conv_result(py, r, conv_payload))
+        })
+    }
+}
+
+/// A route to a Python handler on the caller's loop, admitted and waiting
+/// for Python to call `func(message)` and report how it went.
+#[pyclass(module = "dreamos_bridge._native", frozen)]
+pub struct Direct {
+    call: Mutex<Option<Call>>,
+    #[pyo3(get)]
+    func: Py<PyAny>,
+    #[pyo3(get)]
+    message: Py<PyMessage>,
+    deadline: Instant,
+    max_depth: usize,
+}
+
+impl Direct {
+    fn end(&self, r: &Result<Payload, BridgeError>) {
+        if let Some(call) = self.call.lock().take() {
+            call.finish(r);
+        }
+    }
+}
+
+#[pymethods]
+impl Direct {
+    /// Seconds left before the deadline.
+    fn remaining(&self) -> f64 {
+        self.deadline.saturating_duration_since(Instant::now()).as_secs_f64()
+    }
+
+    /// The handler returned `value`: check it is JSON-shaped and pass it on.
+    fn finish(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        match check_reply(value.bind(py), self.max_depth) {
+            Ok(()) => {
+                self.end(&Ok(Payload::default()));
+                Ok(value)
+            }
+            Err(e) => {
+                let e = BridgeError::handler(format!("the handler's reply is not valid: {}", e.message()));
+                self.end(&Err(e.clone()));
+                Err(to_pyerr(py, &e))
+            }
+        }
+    }
+
+    /// The handler raised `exc`: the `HandlerError` to raise instead.
+    fn fail(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) -> Py<PyAny> {
+        let e = handler_error(py, exc);
+        self.end(&Err(e.clone()));
+        to_pyerr(py, &e).into_value(py).into_any()
+    }
+
+    /// The deadline passed: the `BridgeTimeoutError` to raise.
+    fn timed_out(&self, py: Python<'_>) -> Py<PyAny> {
+        let e = BridgeError::timeout(
+            "no reply from the handler within the deadline; raise the timeout or check the handler",
+        );
+        self.end(&Err(e.clone()));
+        to_pyerr(py, &e).into_value(py).into_any()
+    }
+
+    /// The caller was cancelled: counted as cancelled.
+    fn cancel(&self) {
+        drop(self.call.lock().take());
+    }
+}
+
+impl Drop for Direct {
+    fn drop(&mut self) {
+        // Dropping an unfinished Call counts it as cancelled.
+        drop(self.call.get_mut().take());
+    }
+}

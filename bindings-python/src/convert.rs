@@ -1,0 +1,235 @@
+//! Python objects ⇄ message payloads.
+//!
+//! `pythonize` has no release for pyo3 0.30, and the walk is short: JSON-shaped
+//! values (dict with str keys, list, tuple, str, int, float, bool, None) become
+//! `serde_json::Value`; `bytes`/`bytearray` as the whole payload become
+//! [`Payload::Bytes`]. Anything else is refused with `INVALID_MESSAGE` naming
+//! the type, before the engine sees it. The walk has its own depth cap so that
+//! a self-referencing list or a 100,000-deep nest cannot overflow the stack;
+//! the engine's `limits.max_json_depth` check then applies as everywhere.
+
+use dreamos_bridge::{BridgeError, Payload};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use serde_json::{Map, Number, Value};
+
+/// Build a payload from a Python object. `max_depth` is the engine's limit.
+pub fn py_to_payload(obj: &Bound<'_, PyAny>, max_depth: usize) -> Result<Payload, BridgeError> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(Payload::Bytes(bytes::Bytes::copy_from_slice(b.as_bytes())));
+    }
+    if let Ok(b) = obj.cast::<PyByteArray>() {
+        return Ok(Payload::Bytes(bytes::Bytes::from(b.to_vec())));
+    }
+    py_to_value(obj, 1, max_depth).map(Payload::Json)
+}
+
+fn too_deep(max_depth: usize) -> BridgeError {
+    BridgeError::invalid(format!(
+        "payload is nested deeper than {max_depth} levels (limits.max_json_depth); flatten it"
+    ))
+}
+
+fn not_json(obj: &Bound<'_, PyAny>) -> BridgeError {
+    let name = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+    let hint = if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
+        "bytes are accepted only as the whole payload"
+    } else {
+        "use dict, list, tuple, str, int, float, bool or None (or bytes as the whole payload)"
+    };
+    BridgeError::invalid(format!("payload contains an object of type {name:?}, which is not JSON-shaped: {hint}"))
+}
+
+/// Python → JSON. `depth` counts containers, as the engine's limit does.
+pub fn py_to_value(obj: &Bound<'_, PyAny>, depth: usize, max_depth: usize) -> Result<Value, BridgeError> {
+    if let Ok(s) = obj.cast::<PyString>() {
+        return s.to_cow().map(|s| Value::String(s.into_owned())).map_err(|_| {
+            BridgeError::invalid("payload contains a str that is not valid UTF-8 (lone surrogates); encode it first")
+        });
+    }
+    if obj.is_none() {
+        return Ok(Value::Null);
+    }
+    // bool before int: bool is an int subclass.
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if let Ok(i) = obj.cast::<PyInt>() {
+        if let Ok(v) = i.extract::<i64>() {
+            return Ok(Value::Number(v.into()));
+        }
+        if let Ok(v) = i.extract::<u64>() {
+            return Ok(Value::Number(v.into()));
+        }
+        return Err(BridgeError::invalid("payload contains an int outside the 64-bit range; send it as a str"));
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
+        return Number::from_f64(f.value())
+            .map(Value::Number)
+            .ok_or_else(|| BridgeError::invalid("payload contains NaN or infinity, which JSON cannot carry"));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        if depth > max_depth {
+            return Err(too_deep(max_depth));
+        }
+        let mut map = Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            let key = match k.cast::<PyString>() {
+                Ok(s) => {
+                    s.to_cow().map_err(|_| BridgeError::invalid("payload has a dict key that is not valid UTF-8"))?
+                }
+                Err(_) => {
+                    let name = k.get_type().name().map(|n| n.to_string()).unwrap_or_default();
+                    return Err(BridgeError::invalid(format!(
+                        "payload has a dict key of type {name:?}; JSON object keys must be str"
+                    )));
+                }
+            };
+            map.insert(key.into_owned(), py_to_value(&v, depth + 1, max_depth)?);
+        }
+        return Ok(Value::Object(map));
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        if depth > max_depth {
+            return Err(too_deep(max_depth));
+        }
+        let mut out = Vec::with_capacity(l.len());
+        for v in l.iter() {
+            out.push(py_to_value(&v, depth + 1, max_depth)?);
+        }
+        return Ok(Value::Array(out));
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        if depth > max_depth {
+            return Err(too_deep(max_depth));
+        }
+        let mut out = Vec::with_capacity(t.len());
+        for v in t.iter() {
+            out.push(py_to_value(&v, depth + 1, max_depth)?);
+        }
+        return Ok(Value::Array(out));
+    }
+    Err(not_json(obj))
+}
+
+/// Check that a handler's reply is JSON-shaped without building a copy
+/// (the in-loop fast path hands the object itself to the caller).
+pub fn check_reply(obj: &Bound<'_, PyAny>, max_depth: usize) -> Result<(), BridgeError> {
+    if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
+        return Ok(());
+    }
+    check_value(obj, 1, max_depth)
+}
+
+fn check_value(obj: &Bound<'_, PyAny>, depth: usize, max_depth: usize) -> Result<(), BridgeError> {
+    if obj.is_none() || obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBool>() {
+        return Ok(());
+    }
+    if obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>() {
+        // Range and NaN checks are the converter's; reuse it for scalars.
+        return py_to_value(obj, depth, max_depth).map(drop);
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        if depth > max_depth {
+            return Err(too_deep(max_depth));
+        }
+        for (k, v) in d.iter() {
+            if !k.is_instance_of::<PyString>() {
+                return py_to_value(obj, depth, max_depth).map(drop);
+            }
+            check_value(&v, depth + 1, max_depth)?;
+        }
+        return Ok(());
+    }
+    if let Ok(l) = obj.cast::<PyList>() {
+        if depth > max_depth {
+            return Err(too_deep(max_depth));
+        }
+        return l.iter().try_for_each(|v| check_value(&v, depth + 1, max_depth));
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        if depth > max_depth {
+            return Err(too_deep(max_depth));
+        }
+        return t.iter().try_for_each(|v| check_value(&v, depth + 1, max_depth));
+    }
+    Err(not_json(obj))
+}
+
+/// JSON → Python (objects keep their key order).
+pub fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::Null => py.None().into_bound(py),
+        Value::Bool(b) => PyBool::new(py, *b).to_owned().into_any(),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.into_pyobject(py)?.into_any()
+            } else if let Some(u) = n.as_u64() {
+                u.into_pyobject(py)?.into_any()
+            } else {
+                n.as_f64().unwrap_or(f64::NAN).into_pyobject(py)?.into_any()
+            }
+        }
+        Value::String(s) => PyString::new(py, s).into_any(),
+        Value::Array(a) => {
+            let list = PyList::empty(py);
+            for item in a {
+                list.append(value_to_py(py, item)?)?;
+            }
+            list.into_any()
+        }
+        Value::Object(m) => {
+            let dict = PyDict::new(py);
+            for (k, item) in m {
+                dict.set_item(k, value_to_py(py, item)?)?;
+            }
+            dict.into_any()
+        }
+    })
+}
+
+/// A payload as the Python object a caller or handler sees.
+pub fn payload_to_py<'py>(py: Python<'py>, p: &Payload) -> PyResult<Bound<'py, PyAny>> {
+    match p {
+        Payload::Json(v) => value_to_py(py, v),
+        Payload::Bytes(b) => Ok(PyBytes::new(py, b).into_any()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trips_json_shapes_and_refuses_others() {
+        Python::initialize();
+        Python::attach(|py| {
+            let v = json!({"a": [1, 2.5, "x", null, true, {"b": -3}], "big": u64::MAX});
+            let obj = value_to_py(py, &v).unwrap();
+            assert_eq!(py_to_value(&obj, 1, 64).unwrap(), v);
+            check_reply(&obj, 64).unwrap();
+
+            let bad = py.eval(c"object()", None, None).unwrap();
+            let e = py_to_value(&bad, 1, 64).unwrap_err();
+            assert_eq!(e.code(), dreamos_bridge::ErrorCode::InvalidMessage);
+            assert!(e.message().contains("\"object\""), "{}", e.message());
+            assert!(check_reply(&bad, 64).is_err());
+
+            let nan = py.eval(c"float('nan')", None, None).unwrap();
+            assert!(py_to_value(&nan, 1, 64).is_err());
+            let huge = py.eval(c"10**30", None, None).unwrap();
+            assert!(py_to_value(&huge, 1, 64).is_err());
+            let key = py.eval(c"{1: 2}", None, None).unwrap();
+            assert!(py_to_value(&key, 1, 64).is_err());
+            assert!(check_reply(&key, 64).is_err());
+
+            let cyclic = py.eval(c"(lambda l: (l.append(l), l)[1])([])", None, None).unwrap();
+            let e = py_to_value(&cyclic, 1, 64).unwrap_err();
+            assert!(e.message().contains("deeper"), "{}", e.message());
+
+            let b = PyBytes::new(py, b"\x00\x01");
+            assert_eq!(py_to_payload(b.as_any(), 64).unwrap(), Payload::Bytes(bytes::Bytes::from_static(b"\x00\x01")));
+        });
+    }
+}

@@ -1,0 +1,143 @@
+"""Each exception class, raised by its real cause; bad inputs never break the bridge."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+import dreamos_bridge as db
+from dreamos_bridge import BridgeManager, Message
+
+
+def test_hierarchy_and_codes() -> None:
+    classes = {
+        "CONFIG": db.ConfigError,
+        "INVALID_MESSAGE": db.InvalidMessageError,
+        "UNAUTHENTICATED": db.AuthenticationError,
+        "FORBIDDEN": db.AuthorizationError,
+        "ROUTE_NOT_FOUND": db.RouteNotFoundError,
+        "RATE_LIMITED": db.RateLimitedError,
+        "QUEUE_FULL": db.QueueFullError,
+        "TIMEOUT": db.BridgeTimeoutError,
+        "SERVICE_UNAVAILABLE": db.ServiceUnavailableError,
+        "UPSTREAM_ERROR": db.UpstreamError,
+        "HANDLER_ERROR": db.HandlerError,
+        "SHUTDOWN": db.ShutdownError,
+        "INTERNAL": db.InternalError,
+    }
+    assert sorted(classes) == sorted(db._native.ERROR_CODES)
+    for code, cls in classes.items():
+        assert issubclass(cls, db.BridgeError) and cls.code == code
+    assert issubclass(db.BridgeTimeoutError, TimeoutError)
+    e = db.BridgeTimeoutError("late")
+    assert str(e) == "late" and e.message == "late"
+
+
+@pytest.mark.parametrize(
+    "dest",
+    ["", "bad..subject", "spaces in.it", "agents.*", "agents.>", "a" * 5000, "ünïcode.x"],
+)
+async def test_invalid_destination(bridge: BridgeManager, dest: str) -> None:
+    with pytest.raises(db.InvalidMessageError) as e:
+        await bridge.route(dest, 1)
+    assert e.value.code == "INVALID_MESSAGE"
+
+
+async def test_bad_payloads(bridge: BridgeManager) -> None:
+    bridge.register_route("agents.echo", lambda m: m.payload)
+    deep: Any = 1
+    for _ in range(300):
+        deep = [deep]
+    cyclic: Any = []
+    cyclic.append(cyclic)
+    for bad, needle in [
+        (object(), "object"),
+        ({"a": {1, 2}}, "set"),
+        ({1: "int key"}, "key"),
+        (float("nan"), "NaN"),
+        (10**40, "64-bit"),
+        ([b"nested bytes"], "bytes"),
+        (deep, "deep"),
+        (cyclic, "deep"),
+        ("x" * (64 * 1024 * 1024), ""),
+    ]:
+        with pytest.raises(db.InvalidMessageError) as e:
+            await bridge.route("agents.echo", bad)
+        assert needle in str(e.value), str(e.value)
+    assert await bridge.route("agents.echo", {"still": "works"}) == {"still": "works"}
+
+
+async def test_bad_headers_and_arguments(bridge: BridgeManager) -> None:
+    bridge.register_route("agents.echo", lambda m: m.payload)
+    for headers in ({"x": "a\r\nInjected: 1"}, {"x": "a\nb"}, {"bad name": "v"}, {"x": 1}, ["x"]):
+        with pytest.raises(db.InvalidMessageError):
+            await bridge.route("agents.echo", 1, headers=headers)  # type: ignore[arg-type]
+    for kwargs in ({"timeout": -1}, {"timeout": 0}, {"timeout": "soon"}, {"timeout": float("inf")}):
+        with pytest.raises(db.InvalidMessageError):
+            await bridge.route("agents.echo", 1, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(db.InvalidMessageError):
+        await bridge.route(123, 1)  # type: ignore[arg-type]
+    with pytest.raises(db.InvalidMessageError):
+        await bridge.route(Message("agents.echo", 1), 2)
+    with pytest.raises(db.InvalidMessageError):
+        Message(42)  # type: ignore[arg-type]
+    with pytest.raises(db.InvalidMessageError):
+        Message("agents.echo", priority="high")  # type: ignore[arg-type]
+    with pytest.raises(db.InvalidMessageError):
+        await bridge.route(Message("agents.echo", headers={"a\r": "b"}))
+    with pytest.raises(db.AuthenticationError):
+        await bridge.route("agents.echo", 1, token=42)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        bridge.register_route("agents.x", "not callable")  # type: ignore[arg-type]
+    with pytest.raises(db.BridgeError):
+        bridge.register_route("bad..pattern", lambda m: 1)
+    with pytest.raises(db.InvalidMessageError):
+        await bridge.publish("agents.echo", object())
+    assert await bridge.route("agents.echo", "fine") == "fine"
+
+
+async def test_queue_full() -> None:
+    cfg = {"routes": [{"pattern": "tools.slow", "max_concurrency": 1, "queue_size": 1}]}
+    async with BridgeManager(cfg) as b:
+        release = asyncio.Event()
+
+        @b.handler("tools.slow")
+        async def slow(msg: Message) -> Any:
+            await release.wait()
+            return msg.payload
+
+        first = asyncio.ensure_future(b.route("tools.slow", 1))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(b.route("tools.slow", 2))
+        await asyncio.sleep(0.05)
+        with pytest.raises(db.QueueFullError) as e:
+            await b.route("tools.slow", 3, timeout=0.2)
+        assert e.value.code == "QUEUE_FULL"
+        release.set()
+        assert await first == 1
+        assert await second == 2  # the queued call went through once there was room
+
+
+async def test_rate_limited_route() -> None:
+    cfg = {
+        "bridge": {"rate_limit_mode": "reject"},
+        "routes": [{"pattern": "tools.limited", "rate_limit": "1/min", "burst": 1}],
+    }
+    async with BridgeManager(cfg) as b:
+        b.register_route("tools.limited", lambda m: "ok")
+        assert await b.route("tools.limited") == "ok"
+        with pytest.raises(db.RateLimitedError) as e:
+            await b.route("tools.limited")
+        assert e.value.code == "RATE_LIMITED"
+        assert isinstance(e.value.retry_after, float) and 0 < e.value.retry_after <= 60
+
+
+async def test_handler_error_after_shutdown_is_shutdown() -> None:
+    b = BridgeManager({"bridge": {"shutdown_grace": "100ms"}})
+    await b.initialize()
+    b._n._register_rust_echo("rust.echo")
+    await b.shutdown()
+    with pytest.raises(db.ShutdownError):
+        await b.route("rust.echo", 1)

@@ -1,0 +1,52 @@
+# Python: the pyo3 package `dreamos_bridge` (bindings-python/), its pytest
+# suite, the Python benchmark and the Python agent demo.
+#
+# Everything runs in .venv, created here. maturin gets its own target dir so
+# that it and `cargo build` do not rebuild each other's pyo3.
+
+TEST_TARGETS += test-python
+BENCH_TARGETS += bench-python
+DEMO_TARGET := demo-python
+
+PY_VENV := $(CURDIR)/.venv
+PY := $(PY_VENV)/bin/python
+PY_PINS := maturin==1.16.0 pytest==8.4.2 pytest-asyncio==1.5.0 mypy==1.20.2 aiohttp==3.14.5
+PY_DEPS_STAMP := $(PY_VENV)/.dreamos-deps
+PY_SOURCES := $(shell find core/src bindings-python/src bindings-python/python -type f) \
+	bindings-python/Cargo.toml core/Cargo.toml Cargo.toml pyproject.toml
+MATURIN := $(PY_VENV)/bin/maturin develop --target-dir $(CURDIR)/target/maturin
+
+.PHONY: python-venv python-dev python-release test-python bench-python demo-python
+
+$(PY_DEPS_STAMP):
+	@command -v python3 >/dev/null || { apt-get update && apt-get install -y python3 python3-venv; }
+	python3 -m venv $(PY_VENV) || { apt-get update && apt-get install -y python3-venv && python3 -m venv $(PY_VENV); }
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(PY_PINS)
+	touch $@
+
+python-venv: $(PY_DEPS_STAMP)
+
+# Debug build for the tests; release build for bench and demo. Each stamp
+# remembers which one is installed, so a repeated `make` does nothing.
+$(PY_VENV)/.dreamos-dev: $(PY_DEPS_STAMP) $(PY_SOURCES)
+	VIRTUAL_ENV=$(PY_VENV) $(MATURIN)
+	rm -f $(PY_VENV)/.dreamos-release
+	touch $@
+
+$(PY_VENV)/.dreamos-release: $(PY_DEPS_STAMP) $(PY_SOURCES)
+	VIRTUAL_ENV=$(PY_VENV) $(MATURIN) --release
+	rm -f $(PY_VENV)/.dreamos-dev
+	touch $@
+
+python-dev: $(PY_VENV)/.dreamos-dev
+python-release: $(PY_VENV)/.dreamos-release
+
+test-python: python-dev
+	$(PY) -m pytest -q bindings-python/tests
+
+bench-python: python-release
+	$(PY) bench/python_route.py
+
+demo-python: python-release
+	$(PY) examples/agent.py
