@@ -315,3 +315,18 @@ test('security off: authorize allows everything', async () => {
   assert.equal((await rejection(bridge.authorize('t', 'agents.x', 'fly'))).code, 'INVALID_MESSAGE')
   await bridge.shutdown()
 })
+
+test('a toJSON() that throws is INVALID_MESSAGE and leaves the bridge working', async () => {
+  const bridge = await started()
+  bridge.registerRustEcho('agents.echo')
+  const bad = {
+    toJSON() {
+      throw new Error('nope')
+    },
+  }
+  const e = await rejection(bridge.route('agents.echo', { inner: bad }))
+  assert.equal(e.code, 'INVALID_MESSAGE')
+  assert.ok(e.message.includes('toJSON'))
+  assert.equal(await bridge.route('agents.echo', 'ok'), 'ok')
+  await bridge.shutdown()
+})

@@ -122,7 +122,9 @@ fn as_bytes(env: sys::napi_env, v: RawValue) -> CResult<Option<Bytes>> {
         ok(unsafe { sys::napi_get_typedarray_info(env, v, &mut kind, &mut len, &mut data, &mut ab, &mut off) })?;
         if !matches!(
             kind,
-            sys::TypedarrayType::uint8_array | sys::TypedarrayType::uint8_clamped_array | sys::TypedarrayType::int8_array
+            sys::TypedarrayType::uint8_array
+                | sys::TypedarrayType::uint8_clamped_array
+                | sys::TypedarrayType::int8_array
         ) {
             return Err(ConvError::new("is a typed array other than Uint8Array: send a Buffer or Uint8Array"));
         }
@@ -215,8 +217,10 @@ fn walk(env: sys::napi_env, v: RawValue, depth: usize, max_depth: usize) -> CRes
             if type_of(env, to_json_fn) == T::napi_function {
                 let mut out = ptr::null_mut();
                 // SAFETY: calling the object's own toJSON with itself as `this`.
-                ok(unsafe { sys::napi_call_function(env, v, to_json_fn, 0, ptr::null(), &mut out) })
-                    .map_err(|_| ConvError::new("has a toJSON() that threw"))?;
+                ok(unsafe { sys::napi_call_function(env, v, to_json_fn, 0, ptr::null(), &mut out) }).map_err(|_| {
+                    clear_exception(env);
+                    ConvError::new("has a toJSON() that threw")
+                })?;
                 return walk(env, out, depth + 1, max_depth);
             }
             let mut keys = ptr::null_mut();
@@ -264,7 +268,10 @@ type JResult<T> = Result<T, BridgeError>;
 pub(crate) fn create_string(env: sys::napi_env, s: &str) -> JResult<RawValue> {
     let mut out = ptr::null_mut();
     // SAFETY: `s` is valid UTF-8 of the given length.
-    check(unsafe { sys::napi_create_string_utf8(env, s.as_ptr().cast(), s.len() as isize, &mut out) }, "creating a string")?;
+    check(
+        unsafe { sys::napi_create_string_utf8(env, s.as_ptr().cast(), s.len() as isize, &mut out) },
+        "creating a string",
+    )?;
     Ok(out)
 }
 
@@ -410,5 +417,19 @@ pub(crate) fn thrown_message(env: sys::napi_env, v: RawValue) -> String {
     {
         return text;
     }
+    clear_exception(env);
     "the handler threw a value that cannot be shown".into()
+}
+
+/// Drop a pending JS exception (from a call we made on the user's behalf
+/// and already turned into an error), so that later N-API calls work.
+pub(crate) fn clear_exception(env: sys::napi_env) {
+    let mut pending = false;
+    // SAFETY: plain queries on the current env.
+    unsafe {
+        if sys::napi_is_exception_pending(env, &mut pending) == sys::Status::napi_ok && pending {
+            let mut exc = ptr::null_mut();
+            sys::napi_get_and_clear_last_exception(env, &mut exc);
+        }
+    }
 }

@@ -29,23 +29,60 @@ type HandlerFn = ThreadsafeFunction<Message, Unknown<'static>, Unknown<'static>,
 pub(crate) struct JsHandler {
     tsfn: HandlerFn,
     max_depth: usize,
+    /// The env (JS thread) it belongs to, and a weak reference to the
+    /// function (the thread-safe function keeps it alive), so that a call
+    /// made on that same thread can run it directly, with no thread hop.
+    env: usize,
+    func: usize,
 }
+
+// SAFETY: `env` and `func` are only dereferenced on the JS thread they
+// belong to (checked in `direct_function`); the rest is Send + Sync.
+unsafe impl Send for JsHandler {}
+unsafe impl Sync for JsHandler {}
 
 impl JsHandler {
     pub(crate) fn new(func: Function<'_, Unknown<'static>, Unknown<'static>>, max_depth: usize) -> napi::Result<Self> {
-        let tsfn = func.build_threadsafe_function::<Message>().weak::<true>().callee_handled::<false>().build_callback(
-            |ctx| {
-                let env = ctx.env.raw();
-                let msg = convert::from_message(env, &ctx.value).map_err(|e| napi::Error::from_reason(e.to_string()))?;
-                // SAFETY: `msg` was just created on this env.
-                Ok(unsafe { Unknown::from_raw_unchecked(env, msg) })
-            },
-        )?;
-        Ok(JsHandler { tsfn, max_depth })
+        let tsfn =
+            func.build_threadsafe_function::<Message>().weak::<true>().callee_handled::<false>().build_callback(
+                |ctx| {
+                    let env = ctx.env.raw();
+                    let msg =
+                        convert::from_message(env, &ctx.value).map_err(|e| napi::Error::from_reason(e.to_string()))?;
+                    // SAFETY: `msg` was just created on this env.
+                    Ok(unsafe { Unknown::from_raw_unchecked(env, msg) })
+                },
+            )?;
+        let env = func.value().env;
+        let mut weak = ptr::null_mut();
+        // SAFETY: a weak (count 0) reference to a live function of `env`. It
+        // is released with the env (Node frees references at teardown).
+        let status = unsafe { sys::napi_create_reference(env, func.raw(), 0, &mut weak) };
+        let func = if status == sys::Status::napi_ok { weak as usize } else { 0 };
+        Ok(JsHandler { tsfn, max_depth, env: env as usize, func })
+    }
+
+    /// The function itself, if `env` is the JS thread it belongs to.
+    pub(crate) fn direct_function(&self, env: sys::napi_env) -> Option<RawValue> {
+        if env as usize != self.env || self.func == 0 {
+            return None;
+        }
+        let mut value = ptr::null_mut();
+        // SAFETY: on the reference's own env; a collected function gives null.
+        let status = unsafe { sys::napi_get_reference_value(env, self.func as sys::napi_ref, &mut value) };
+        (status == sys::Status::napi_ok && !value.is_null()).then_some(value)
+    }
+
+    pub(crate) fn max_depth(&self) -> usize {
+        self.max_depth
     }
 }
 
 impl Handler for JsHandler {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
     fn call(&self, msg: Message) -> BoxFuture<Result<Payload>> {
         let (tx, rx) = oneshot::channel::<Reply>();
         let max_depth = self.max_depth;
@@ -69,52 +106,69 @@ impl Handler for JsHandler {
 /// On the JS thread, right after the handler returned or threw.
 fn on_return(env: &Env, ret: napi::Result<Unknown<'static>>, tx: oneshot::Sender<Reply>, max_depth: usize) {
     let raw = env.raw();
-    let value = match ret {
-        Ok(v) => v.raw(),
+    match ret {
+        Ok(v) => on_value(raw, v.raw(), max_depth, move |_, r| {
+            let _ = tx.send(r);
+        }),
         Err(e) => {
             let thrown = JsError::from(e).into_unknown(*env);
             let _ = tx.send(Err(BridgeError::handler(convert::thrown_message(raw, thrown.raw()))));
-            return;
         }
-    };
-    if !convert::is_promise(raw, value) {
-        let _ = tx.send(reply_of(raw, value, max_depth));
+    }
+}
+
+/// What a handler returned: a value now, or a Promise whose outcome
+/// `done` receives later (on the JS thread). If the Promise cannot be
+/// watched, `done` gets a `HANDLER_ERROR` at once rather than never.
+pub(crate) fn on_value(
+    env: sys::napi_env,
+    value: RawValue,
+    max_depth: usize,
+    done: impl FnOnce(sys::napi_env, Reply) + 'static,
+) {
+    if !convert::is_promise(env, value) {
+        done(env, reply_of(env, value, max_depth));
         return;
     }
-    // A Promise: settle the reply from its then/catch callbacks.
-    let tx = Rc::new(RefCell::new(Some(tx)));
-    let (tx_ok, tx_err) = (tx.clone(), tx);
+    let done = Rc::new(RefCell::new(Some(done)));
+    let (done_ok, done_err) = (done.clone(), done.clone());
+    let js = Env::from_raw(env);
     let attached = (|| -> napi::Result<()> {
-        let on_ok: Function<Unknown, ()> = env.create_function_from_closure("onReply", move |ctx| {
+        let on_ok: Function<Unknown, ()> = js.create_function_from_closure("onReply", move |ctx| {
             let v: Unknown = ctx.get(0)?;
-            if let Some(tx) = tx_ok.borrow_mut().take() {
-                let _ = tx.send(reply_of(ctx.env.raw(), v.raw(), max_depth));
+            if let Some(done) = done_ok.borrow_mut().take() {
+                let e = ctx.env.raw();
+                done(e, reply_of(e, v.raw(), max_depth));
             }
             Ok(())
         })?;
-        let on_err: Function<Unknown, ()> = env.create_function_from_closure("onError", move |ctx| {
+        let on_err: Function<Unknown, ()> = js.create_function_from_closure("onError", move |ctx| {
             let v: Unknown = ctx.get(0)?;
-            if let Some(tx) = tx_err.borrow_mut().take() {
-                let _ = tx.send(Err(BridgeError::handler(convert::thrown_message(ctx.env.raw(), v.raw()))));
+            if let Some(done) = done_err.borrow_mut().take() {
+                let e = ctx.env.raw();
+                done(e, Err(BridgeError::handler(convert::thrown_message(e, v.raw()))));
             }
             Ok(())
         })?;
-        let then = convert::get_named(raw, value, "then").map_err(|_| napi::Error::from_reason("no then"))?;
+        let then = convert::get_named(env, value, "then").map_err(|_| napi::Error::from_reason("no then"))?;
         let args: [RawValue; 2] = [on_ok.raw(), on_err.raw()];
         let mut out = ptr::null_mut();
         // SAFETY: promise.then(onOk, onErr) on the JS thread.
-        let status = unsafe { sys::napi_call_function(raw, value, then, 2, args.as_ptr(), &mut out) };
+        let status = unsafe { sys::napi_call_function(env, value, then, 2, args.as_ptr(), &mut out) };
         if status != sys::Status::napi_ok {
+            convert::clear_exception(env);
             return Err(napi::Error::from_reason("then() failed"));
         }
         Ok(())
     })();
-    // If attaching failed, the senders are dropped and the caller gets
-    // "never answered" as HANDLER_ERROR rather than hanging.
-    let _ = attached;
+    if attached.is_err()
+        && let Some(done) = done.borrow_mut().take()
+    {
+        done(env, Err(BridgeError::handler("the handler returned a Promise the bridge could not wait for")));
+    }
 }
 
-fn reply_of(env: sys::napi_env, value: RawValue, max_depth: usize) -> Reply {
+pub(crate) fn reply_of(env: sys::napi_env, value: RawValue, max_depth: usize) -> Reply {
     convert::to_payload(env, value, max_depth).map_err(|e| {
         let e = e.into_bridge("the handler's reply");
         BridgeError::handler(e.message().to_string())

@@ -7,6 +7,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 mod convert;
+mod direct;
 mod handler;
 mod settle;
 
@@ -54,7 +55,10 @@ impl JsBridgeManager {
     /// A bridge from a config object with the YAML key names; without one, the
     /// embedded default (in-process handlers only, no services, no security).
     #[napi(constructor, catch_unwind)]
-    pub fn new(env: Env, #[napi(ts_arg_type = "BridgeConfig | null")] config: Option<Unknown<'_>>) -> napi::Result<Self> {
+    pub fn new(
+        env: Env,
+        #[napi(ts_arg_type = "BridgeConfig | null")] config: Option<Unknown<'_>>,
+    ) -> napi::Result<Self> {
         let e = env.raw();
         let cfg = match raw(&config).filter(|v| !convert::is_nullish(e, *v)) {
             None => Ok(BridgeConfig::default()),
@@ -126,11 +130,8 @@ impl JsBridgeManager {
         &self,
         env: Env,
         pattern: String,
-        #[napi(ts_arg_type = "(message: Message) => Payload | Promise<Payload> | void | Promise<void>")] handler: Function<
-            '_,
-            Unknown<'static>,
-            Unknown<'static>,
-        >,
+        #[napi(ts_arg_type = "(message: Message) => Payload | Promise<Payload> | void | Promise<void>")]
+        handler: Function<'_, Unknown<'static>, Unknown<'static>>,
     ) -> napi::Result<()> {
         let h = handler::JsHandler::new(handler, self.max_depth)?;
         self.bridge.register_route(&pattern, Arc::new(h)).map_err(|e| throw(env.raw(), &e))
@@ -170,13 +171,26 @@ impl JsBridgeManager {
         options: Option<Unknown<'_>>,
     ) -> napi::Result<Unknown<'e>> {
         let e = env.raw();
-        let p = match self.message(e, destination_or_message.raw(), raw(&payload), raw(&options)) {
-            Ok((msg, opts)) => {
-                let bridge = self.bridge.clone();
-                self.settler.promise(e, async move { bridge.route(msg, opts).await.map(Reply::Payload) })?
-            }
-            Err(err) => self.settler.ready(e, Err(err))?,
+        let begun = self
+            .message(e, destination_or_message.raw(), raw(&payload), raw(&options))
+            .and_then(|(msg, opts)| self.bridge.begin(Action::Route, msg, &opts));
+        let mut call = match begun {
+            Ok(call) => call,
+            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
         };
+        // A JS handler of this very thread runs here, without a thread hop,
+        // when admission needs no waiting.
+        if let Some((func, max_depth)) = direct::handler_here(&call, e) {
+            match call.try_admit() {
+                Ok(None) => return Ok(unknown(e, direct::run(&self.settler, e, call, func, max_depth)?)),
+                Ok(Some(_)) => {}
+                Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+            }
+        }
+        let p = self.settler.promise(e, async move {
+            call.admit().await?;
+            call.deliver().await.map(Reply::Payload)
+        })?;
         Ok(unknown(e, p))
     }
 
@@ -199,9 +213,8 @@ impl JsBridgeManager {
         let p = match self.message(e, destination_or_message.raw(), raw(&payload), raw(&options)) {
             Ok((msg, opts)) => {
                 let bridge = self.bridge.clone();
-                self.settler.promise(e, async move {
-                    bridge.publish(msg, opts).await.map(|id| Reply::Str(id.to_string()))
-                })?
+                self.settler
+                    .promise(e, async move { bridge.publish(msg, opts).await.map(|id| Reply::Str(id.to_string())) })?
             }
             Err(err) => self.settler.ready(e, Err(err))?,
         };
@@ -362,7 +375,8 @@ impl JsBridgeManager {
             let timeout = field("timeout")?;
             if !convert::is_nullish(env, timeout) {
                 let t = convert::to_json(env, timeout, 1).map_err(|c| c.into_bridge("options.timeout"))?;
-                let secs = t.as_f64().ok_or_else(|| BridgeError::invalid("options.timeout must be seconds (a number)"))?;
+                let secs =
+                    t.as_f64().ok_or_else(|| BridgeError::invalid("options.timeout must be seconds (a number)"))?;
                 opts.timeout = Some(seconds(secs)?);
             }
             read_headers(env, field("headers")?, &mut msg)?;
@@ -428,7 +442,9 @@ fn token_string(env: sys::napi_env, v: RawValue) -> Result<Option<String>, Bridg
         T::napi_object => {
             let value = convert::get_named(env, v, "value").map_err(|c| c.into_bridge("token"))?;
             convert::get_string(env, value).map(Some).map_err(|_| {
-                BridgeError::unauthenticated("the token object has no `value` string: pass what authenticate() returned")
+                BridgeError::unauthenticated(
+                    "the token object has no `value` string: pass what authenticate() returned",
+                )
             })
         }
         _ => Err(BridgeError::unauthenticated("a token must be the object authenticate() returned, or its string")),

@@ -54,48 +54,68 @@ impl Reply {
 
 /// A `napi_deferred` travelling to a tokio thread and back. It is only ever
 /// used on the JS thread that created it.
-struct Deferred(sys::napi_deferred);
+pub(crate) struct Deferred(sys::napi_deferred);
 // SAFETY: the pointer is carried, never dereferenced, off the JS thread.
 unsafe impl Send for Deferred {}
 
-struct Settle {
-    deferred: Deferred,
-    outcome: Outcome,
+pub(crate) struct Settle {
+    pub(crate) deferred: Deferred,
+    pub(crate) outcome: Outcome,
 }
 
-type SettleFn = ThreadsafeFunction<Settle, (), (), Status, false, true>;
+pub(crate) type SettleFn = ThreadsafeFunction<Settle, (), (), Status, false, true>;
 
-/// Per-bridge (and so per JS thread) Promise settler.
+/// Per-bridge (and so per JS thread) Promise settler. Clones share it;
+/// it stays on its JS thread.
+#[derive(Clone)]
 pub(crate) struct Settler {
     tsfn: Arc<SettleFn>,
-    /// Promises waiting on the runtime; touched only on the JS thread.
+    keep_alive: KeepAlive,
+}
+
+/// Counts Promises waiting on work off the JS thread, and keeps the event
+/// loop alive (by referencing the settle function) while there are any.
+#[derive(Clone)]
+struct KeepAlive {
     pending: Rc<Cell<usize>>,
+    tsfn: Rc<Cell<sys::napi_threadsafe_function>>,
+}
+
+impl KeepAlive {
+    fn hold(&self, env: sys::napi_env) {
+        if self.pending.get() == 0 {
+            // SAFETY: on the JS thread that owns the tsfn.
+            unsafe { sys::napi_ref_threadsafe_function(env, self.tsfn.get()) };
+        }
+        self.pending.set(self.pending.get() + 1);
+    }
+
+    fn release(&self, env: sys::napi_env) {
+        let left = self.pending.get().saturating_sub(1);
+        self.pending.set(left);
+        if left == 0 {
+            // SAFETY: on the JS thread that owns the tsfn.
+            unsafe { sys::napi_unref_threadsafe_function(env, self.tsfn.get()) };
+        }
+    }
 }
 
 impl Settler {
     pub(crate) fn new(env: &Env) -> napi::Result<Self> {
-        let pending = Rc::new(Cell::new(0usize));
+        let keep_alive = KeepAlive { pending: Rc::new(Cell::new(0usize)), tsfn: Rc::new(Cell::new(ptr::null_mut())) };
         let noop: Function<(), ()> = env.create_function_from_closure("dreamosSettle", |_| Ok(()))?;
-        let counter = pending.clone();
-        let raw_tsfn: Rc<Cell<sys::napi_threadsafe_function>> = Rc::new(Cell::new(ptr::null_mut()));
-        let raw_for_cb = raw_tsfn.clone();
-        let tsfn: SettleFn = noop
-            .build_threadsafe_function::<Settle>()
-            .weak::<true>()
-            .callee_handled::<false>()
-            .build_callback(move |ctx| {
-                let env = ctx.env.raw();
-                settle_now(env, ctx.value.deferred, ctx.value.outcome);
-                let left = counter.get().saturating_sub(1);
-                counter.set(left);
-                if left == 0 {
-                    // SAFETY: on the JS thread that owns the tsfn.
-                    unsafe { sys::napi_unref_threadsafe_function(env, raw_for_cb.get()) };
-                }
-                Ok(())
-            })?;
-        raw_tsfn.set(tsfn.raw());
-        Ok(Settler { tsfn: Arc::new(tsfn), pending })
+        let in_cb = keep_alive.clone();
+        let tsfn: SettleFn =
+            noop.build_threadsafe_function::<Settle>().weak::<true>().callee_handled::<false>().build_callback(
+                move |ctx| {
+                    let env = ctx.env.raw();
+                    settle_now(env, ctx.value.deferred, ctx.value.outcome);
+                    in_cb.release(env);
+                    Ok(())
+                },
+            )?;
+        keep_alive.tsfn.set(tsfn.raw());
+        Ok(Settler { tsfn: Arc::new(tsfn), keep_alive })
     }
 
     /// A Promise for `fut`: polled once here, on the JS thread; if it has
@@ -113,11 +133,7 @@ impl Settler {
         match polled {
             Poll::Ready(outcome) => settle_now(env, deferred, outcome),
             Poll::Pending => {
-                if self.pending.get() == 0 {
-                    // SAFETY: on the JS thread that owns the tsfn.
-                    unsafe { sys::napi_ref_threadsafe_function(env, self.tsfn.raw()) };
-                }
-                self.pending.set(self.pending.get() + 1);
+                self.keep_alive.hold(env);
                 let tsfn = self.tsfn.clone();
                 napi::bindgen_prelude::spawn(async move {
                     let outcome = fut.await;
@@ -128,6 +144,20 @@ impl Settler {
             }
         }
         Ok(promise)
+    }
+
+    /// A Promise that [`settle_from_js`](Self::settle_from_js) or the
+    /// returned settle function will settle; it keeps Node alive until then.
+    pub(crate) fn deferred(&self, env: sys::napi_env) -> napi::Result<(Deferred, RawValue, Arc<SettleFn>)> {
+        let (deferred, promise) = create_promise(env)?;
+        self.keep_alive.hold(env);
+        Ok((deferred, promise, self.tsfn.clone()))
+    }
+
+    /// Settle, on the JS thread, a Promise from [`deferred`](Self::deferred).
+    pub(crate) fn settle_from_js(&self, env: sys::napi_env, deferred: Deferred, outcome: Outcome) {
+        settle_now(env, deferred, outcome);
+        self.keep_alive.release(env);
     }
 
     /// A Promise already settled with `outcome`.
