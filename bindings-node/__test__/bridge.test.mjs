@@ -330,3 +330,16 @@ test('a toJSON() that throws is INVALID_MESSAGE and leaves the bridge working', 
   assert.equal(await bridge.route('agents.echo', 'ok'), 'ok')
   await bridge.shutdown()
 })
+
+test('TIMEOUT: a shorter deadline after a longer one still fires first; answers beat deadlines', async () => {
+  const bridge = await started()
+  const g = gate()
+  bridge.registerRoute('slow.gated', () => g.promise)
+  bridge.registerRoute('slow.never', () => new Promise(() => {}))
+  const long = bridge.route('slow.gated', 1, { timeout: 30 })
+  const short = rejection(bridge.route('slow.never', 2, { timeout: 0.05 }))
+  assert.equal((await short).code, 'TIMEOUT')
+  g.open('answered')
+  assert.equal(await long, 'answered')
+  await bridge.shutdown()
+})

@@ -10,16 +10,21 @@
 //! the Promise at once; a Promise settles it from its own `then`, racing
 //! the deadline and shutdown on the runtime.
 
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dreamos_bridge::bridge::Call;
 use dreamos_bridge::{BridgeError, Payload};
 use napi::sys;
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::convert::{self, RawValue};
 use crate::handler::{self, JsHandler};
-use crate::settle::{Reply, Settle, Settler};
+use crate::settle::{Deferred, Reply, Settle, SettleFn, Settler};
 
 /// The resolved JS handler of `call`, if it can run on this thread now.
 pub(crate) fn handler_here(call: &Call, env: sys::napi_env) -> Option<(RawValue, usize)> {
@@ -30,6 +35,7 @@ pub(crate) fn handler_here(call: &Call, env: sys::napi_env) -> Option<(RawValue,
 /// Run an admitted call's JS handler here and return the Promise of its reply.
 pub(crate) fn run(
     settler: &Settler,
+    deadlines: &Deadlines,
     env: sys::napi_env,
     call: Call,
     func: RawValue,
@@ -61,37 +67,121 @@ pub(crate) fn run(
     // A Promise: whoever comes first (its then, the deadline, shutdown)
     // takes the call and settles ours.
     let (deferred, promise, tsfn) = settler.deferred(env)?;
-    let deadline = call.deadline();
     let cancelled = call.cancelled();
-    let pattern = call.route_pattern().to_string();
-    let slot = Arc::new(Mutex::new(Some((call, deferred))));
-    let timer_slot = slot.clone();
-    let timer = napi::bindgen_prelude::within_runtime_if_available(|| {
-        tokio::spawn(async move {
-            let err = tokio::select! {
-                _ = tokio::time::sleep_until(deadline.into()) => BridgeError::timeout(format!(
-                    "no reply from {pattern:?} within the deadline; raise the timeout or check the handler"
-                )),
-                _ = cancelled => BridgeError::shutdown(),
-            };
-            let Some((call, deferred)) = timer_slot.lock().take() else { return };
-            let result: dreamos_bridge::Result<Payload> = Err(err);
-            call.finish(&result);
-            let _ = tsfn.call(
-                Settle { deferred, outcome: result.map(Reply::Payload) },
-                napi::threadsafe_function::ThreadsafeFunctionCallMode::NonBlocking,
-            );
-        })
-    });
+    let key = deadlines.insert(Pending { call, deferred }, cancelled, tsfn);
     let settler_then = settler.clone();
+    let deadlines = deadlines.clone();
     handler::on_value(env, ret, max_depth, move |env, reply| {
-        timer.abort();
-        if let Some((call, deferred)) = slot.lock().take() {
+        if let Some(Pending { call, deferred }) = deadlines.remove(key) {
             call.finish(&reply);
             settler_then.settle_from_js(env, deferred, reply.map(Reply::Payload));
         }
     });
     Ok(promise)
+}
+
+/// A direct call waiting for its handler's Promise.
+struct Pending {
+    call: Call,
+    deferred: Deferred,
+}
+
+type Key = (Instant, u64);
+
+/// The deadlines of a bridge's direct calls, watched by one sweeper task
+/// (not one timer task per call: spawning is a cross-thread wake-up, the
+/// very cost the direct path avoids). Deadlines mostly arrive in order, so
+/// the sweeper is woken only when a new one is the earliest.
+#[derive(Clone, Default)]
+pub(crate) struct Deadlines {
+    state: Arc<Mutex<State>>,
+    wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    waiting: BTreeMap<Key, Pending>,
+    seq: u64,
+    sweeper: bool,
+    shut_down: bool,
+}
+
+impl Deadlines {
+    fn insert(&self, p: Pending, cancelled: impl Future<Output = ()> + Send + 'static, tsfn: Arc<SettleFn>) -> Key {
+        let mut st = self.state.lock();
+        st.seq += 1;
+        let key = (p.call.deadline(), st.seq);
+        let earliest = st.waiting.first_key_value().is_none_or(|(k, _)| key < *k);
+        st.waiting.insert(key, p);
+        if !st.sweeper {
+            st.sweeper = true;
+            let sweeper = sweep(self.state.clone(), self.wake.clone(), cancelled, tsfn);
+            napi::bindgen_prelude::within_runtime_if_available(|| tokio::spawn(sweeper));
+        } else if earliest || st.shut_down {
+            self.wake.notify_one();
+        }
+        key
+    }
+
+    fn remove(&self, key: Key) -> Option<Pending> {
+        self.state.lock().waiting.remove(&key)
+    }
+}
+
+/// Fails calls whose deadline passed with `TIMEOUT`, and every call with
+/// `SHUTDOWN` once shutdown gives up on in-flight work. Ends once nothing
+/// else holds the state (the bridge object and every waiting handler's
+/// callbacks are gone) and nothing waits.
+async fn sweep(
+    state: Arc<Mutex<State>>,
+    wake: Arc<Notify>,
+    cancelled: impl Future<Output = ()> + Send + 'static,
+    tsfn: Arc<SettleFn>,
+) {
+    let mut cancelled = std::pin::pin!(cancelled);
+    let mut shut_down = false;
+    loop {
+        let (due, next) = {
+            let mut st = state.lock();
+            if Arc::strong_count(&state) == 1 && st.waiting.is_empty() {
+                return;
+            }
+            st.shut_down |= shut_down;
+            let now = Instant::now();
+            let mut due = Vec::new();
+            while let Some(entry) = st.waiting.first_entry() {
+                if !shut_down && entry.key().0 > now {
+                    break;
+                }
+                due.push(entry.remove());
+            }
+            (due, st.waiting.first_key_value().map(|(k, _)| k.0))
+        };
+        for Pending { call, deferred } in due {
+            let err = if shut_down {
+                BridgeError::shutdown()
+            } else {
+                BridgeError::timeout(format!(
+                    "no reply from {:?} within the deadline; raise the timeout or check the handler",
+                    call.route_pattern()
+                ))
+            };
+            let result: dreamos_bridge::Result<Payload> = Err(err);
+            call.finish(&result);
+            let _ = tsfn.call(
+                Settle { deferred, outcome: result.map(Reply::Payload) },
+                ThreadsafeFunctionCallMode::NonBlocking,
+            );
+        }
+        // Re-check the bridge at least every minute, so the task ends soon
+        // after the bridge object is collected.
+        let next = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = wake.notified() => {}
+            _ = &mut cancelled, if !shut_down => shut_down = true,
+        }
+    }
 }
 
 fn finish_now(

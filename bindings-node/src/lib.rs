@@ -47,6 +47,7 @@ fn raw(v: &Option<Unknown<'_>>) -> Option<RawValue> {
 pub struct JsBridgeManager {
     bridge: dreamos_bridge::BridgeManager,
     settler: Settler,
+    deadlines: direct::Deadlines,
     max_depth: usize,
 }
 
@@ -86,7 +87,7 @@ impl JsBridgeManager {
 
     fn wrap(env: &Env, bridge: dreamos_bridge::BridgeManager) -> napi::Result<Self> {
         let max_depth = bridge.config().limits.max_json_depth;
-        Ok(JsBridgeManager { bridge, settler: Settler::new(env)?, max_depth })
+        Ok(JsBridgeManager { bridge, settler: Settler::new(env)?, deadlines: direct::Deadlines::default(), max_depth })
     }
 
     /// Start the bridge; calls are refused with `SHUTDOWN` until this resolves.
@@ -182,7 +183,9 @@ impl JsBridgeManager {
         // when admission needs no waiting.
         if let Some((func, max_depth)) = direct::handler_here(&call, e) {
             match call.try_admit() {
-                Ok(None) => return Ok(unknown(e, direct::run(&self.settler, e, call, func, max_depth)?)),
+                Ok(None) => {
+                    return Ok(unknown(e, direct::run(&self.settler, &self.deadlines, e, call, func, max_depth)?));
+                }
                 Ok(Some(_)) => {}
                 Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
             }
@@ -462,7 +465,7 @@ fn parse_action(a: Option<&str>) -> Result<Action, BridgeError> {
 }
 
 fn seconds(s: f64) -> Result<Duration, BridgeError> {
-    if s.is_finite() && s >= 0.0 && s < 1e9 {
+    if (0.0..1e9).contains(&s) {
         Ok(Duration::from_secs_f64(s))
     } else {
         Err(BridgeError::invalid(format!("{s} is not a valid number of seconds")))
