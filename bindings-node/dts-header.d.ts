@@ -59,9 +59,30 @@ export interface BridgeConfig {
   limits?: Record<string, number>
 }
 
+/** Message counters of one scope (all, a route, a principal). */
+export interface MessageStats {
+  accepted: number
+  ok: number
+  failed: number
+  cancelled: number
+  rejected: number
+  rate_limited: number
+  in_flight: number
+  queue_depth: number
+  /** Failed and rejected messages by error code. */
+  errors: Record<ErrorCode, number>
+  latency: { count: number; sum_us: number; mean_us: number; p50_us: number; p90_us: number; p99_us: number }
+}
+
 /** A metrics snapshot (the same structure in every language). */
 export interface Metrics {
-  [key: string]: unknown
+  metrics_enabled: boolean
+  uptime_secs: number
+  totals: MessageStats
+  routes: Record<string, MessageStats>
+  principals: Record<string, MessageStats>
+  services: Record<string, { [key: string]: unknown }>
+  dead_letters: { stored: number; evicted: number }
 }
 
 /** health(): the bridge and each service. */
