@@ -26,7 +26,6 @@ build-node-release: node-deps
 
 test-node: build-node
 	cd bindings-node && node --test __test__/
-	node examples/agent.mjs > /dev/null
 
 bench-node: build-node-release
 	node bench/node_route.mjs
