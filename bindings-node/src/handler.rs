@@ -8,9 +8,7 @@
 //! `HANDLER_ERROR`. Exceptions are caught on the JS side of the call, so a
 //! throwing handler can never take the process down.
 
-use std::cell::RefCell;
 use std::ptr;
-use std::rc::Rc;
 
 use dreamos_bridge::bridge::BoxFuture;
 use dreamos_bridge::{BridgeError, Handler, Message, Payload, Result};
@@ -130,41 +128,18 @@ pub(crate) fn on_value(
         done(env, reply_of(env, value, max_depth));
         return;
     }
-    let done = Rc::new(RefCell::new(Some(done)));
-    let (done_ok, done_err) = (done.clone(), done.clone());
-    let js = Env::from_raw(env);
-    let attached = (|| -> napi::Result<()> {
-        let on_ok: Function<Unknown, ()> = js.create_function_from_closure("onReply", move |ctx| {
-            let v: Unknown = ctx.get(0)?;
-            if let Some(done) = done_ok.borrow_mut().take() {
-                let e = ctx.env.raw();
-                done(e, reply_of(e, v.raw(), max_depth));
-            }
-            Ok(())
-        })?;
-        let on_err: Function<Unknown, ()> = js.create_function_from_closure("onError", move |ctx| {
-            let v: Unknown = ctx.get(0)?;
-            if let Some(done) = done_err.borrow_mut().take() {
-                let e = ctx.env.raw();
-                done(e, Err(BridgeError::handler(convert::thrown_message(e, v.raw()))));
-            }
-            Ok(())
-        })?;
-        let then = convert::get_named(env, value, "then").map_err(|_| napi::Error::from_reason("no then"))?;
-        let args: [RawValue; 2] = [on_ok.raw(), on_err.raw()];
-        let mut out = ptr::null_mut();
-        // SAFETY: promise.then(onOk, onErr) on the JS thread.
-        let status = unsafe { sys::napi_call_function(env, value, then, 2, args.as_ptr(), &mut out) };
-        if status != sys::Status::napi_ok {
-            convert::clear_exception(env);
-            return Err(napi::Error::from_reason("then() failed"));
+    let done: crate::watch::Done = Box::new(move |env, settled| {
+        let reply = match settled {
+            Ok(v) => reply_of(env, v, max_depth),
+            Err(e) => Err(BridgeError::handler(convert::thrown_message(env, e))),
+        };
+        done(env, reply);
+    });
+    if let Err(done) = crate::watch::watch(env, value, done) {
+        if let Ok(reason) = convert::create_string(env, "the handler returned a Promise the bridge could not wait for")
+        {
+            done(env, Err(reason));
         }
-        Ok(())
-    })();
-    if attached.is_err()
-        && let Some(done) = done.borrow_mut().take()
-    {
-        done(env, Err(BridgeError::handler("the handler returned a Promise the bridge could not wait for")));
     }
 }
 

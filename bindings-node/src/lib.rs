@@ -10,6 +10,7 @@ mod convert;
 mod direct;
 mod handler;
 mod settle;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
