@@ -135,11 +135,10 @@ pub(crate) fn on_value(
         };
         done(env, reply);
     });
-    if let Err(done) = crate::watch::watch(env, value, done) {
-        if let Ok(reason) = convert::create_string(env, "the handler returned a Promise the bridge could not wait for")
-        {
-            done(env, Err(reason));
-        }
+    if let Err(done) = crate::watch::watch(env, value, done)
+        && let Ok(reason) = convert::create_string(env, "the handler returned a Promise the bridge could not wait for")
+    {
+        done(env, Err(reason));
     }
 }
 
