@@ -739,6 +739,13 @@ impl Call {
         self.deadline
     }
 
+    /// Completes when shutdown gives up on in-flight work. A binding that
+    /// runs the handler itself races it (with the deadline) and then
+    /// [`finish`](Self::finish)es with `SHUTDOWN`, as [`deliver`](Self::deliver) does.
+    pub fn cancelled(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.acct.inner.cancel.clone().cancelled_owned()
+    }
+
     /// Stage 5 without waiting: `Ok(None)` admitted now; `Ok(Some(wait))`
     /// admission needs waiting (then call [`admit`](Self::admit)); `Err` the
     /// limits refuse it.

@@ -1,0 +1,156 @@
+//! JS functions as engine [`Handler`]s.
+//!
+//! The engine calls handlers from tokio threads, so a JS handler is held as
+//! a weak thread-safe function (it never keeps the process alive, and calls
+//! fail cleanly once its thread is gone, e.g. a terminated worker). The
+//! handler runs on its own JS thread; a value, a thrown error, a Promise
+//! that resolves or one that rejects all come back as one reply or one
+//! `HANDLER_ERROR`. Exceptions are caught on the JS side of the call, so a
+//! throwing handler can never take the process down.
+
+use std::ptr;
+
+use dreamos_bridge::bridge::BoxFuture;
+use dreamos_bridge::{BridgeError, Handler, Message, Payload, Result};
+use napi::JsValue as _;
+use napi::bindgen_prelude::{Function, Unknown};
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::{Env, JsError, Status, sys};
+use tokio::sync::oneshot;
+
+use crate::convert::{self, RawValue};
+
+type Reply = Result<Payload>;
+type HandlerFn = ThreadsafeFunction<Message, Unknown<'static>, Unknown<'static>, Status, false, true>;
+
+/// A JS function registered with `registerRoute`.
+pub(crate) struct JsHandler {
+    tsfn: HandlerFn,
+    max_depth: usize,
+    /// The env (JS thread) it belongs to, and a weak reference to the
+    /// function (the thread-safe function keeps it alive), so that a call
+    /// made on that same thread can run it directly, with no thread hop.
+    env: usize,
+    func: usize,
+}
+
+// SAFETY: `env` and `func` are only dereferenced on the JS thread they
+// belong to (checked in `direct_function`); the rest is Send + Sync.
+unsafe impl Send for JsHandler {}
+unsafe impl Sync for JsHandler {}
+
+impl JsHandler {
+    pub(crate) fn new(func: Function<'_, Unknown<'static>, Unknown<'static>>, max_depth: usize) -> napi::Result<Self> {
+        let tsfn =
+            func.build_threadsafe_function::<Message>().weak::<true>().callee_handled::<false>().build_callback(
+                |ctx| {
+                    let env = ctx.env.raw();
+                    let msg =
+                        convert::from_message(env, &ctx.value).map_err(|e| napi::Error::from_reason(e.to_string()))?;
+                    // SAFETY: `msg` was just created on this env.
+                    Ok(unsafe { Unknown::from_raw_unchecked(env, msg) })
+                },
+            )?;
+        let env = func.value().env;
+        let mut weak = ptr::null_mut();
+        // SAFETY: a weak (count 0) reference to a live function of `env`. It
+        // is released with the env (Node frees references at teardown).
+        let status = unsafe { sys::napi_create_reference(env, func.raw(), 0, &mut weak) };
+        let func = if status == sys::Status::napi_ok { weak as usize } else { 0 };
+        Ok(JsHandler { tsfn, max_depth, env: env as usize, func })
+    }
+
+    /// The function itself, if `env` is the JS thread it belongs to.
+    pub(crate) fn direct_function(&self, env: sys::napi_env) -> Option<RawValue> {
+        if env as usize != self.env || self.func == 0 {
+            return None;
+        }
+        let mut value = ptr::null_mut();
+        // SAFETY: on the reference's own env; a collected function gives null.
+        let status = unsafe { sys::napi_get_reference_value(env, self.func as sys::napi_ref, &mut value) };
+        (status == sys::Status::napi_ok && !value.is_null()).then_some(value)
+    }
+
+    pub(crate) fn max_depth(&self) -> usize {
+        self.max_depth
+    }
+}
+
+impl Handler for JsHandler {
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+
+    fn call(&self, msg: Message) -> BoxFuture<Result<Payload>> {
+        let (tx, rx) = oneshot::channel::<Reply>();
+        let max_depth = self.max_depth;
+        let status = self.tsfn.call_with_return_value(msg, ThreadsafeFunctionCallMode::NonBlocking, move |ret, env| {
+            on_return(&env, ret, tx, max_depth);
+            Ok(())
+        });
+        if status != Status::Ok {
+            return Box::pin(async move {
+                Err(BridgeError::handler(format!(
+                    "the JavaScript handler cannot be called any more ({status}): its thread has exited"
+                )))
+            });
+        }
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| Err(BridgeError::handler("the JavaScript handler never answered")))
+        })
+    }
+}
+
+/// On the JS thread, right after the handler returned or threw.
+fn on_return(env: &Env, ret: napi::Result<Unknown<'static>>, tx: oneshot::Sender<Reply>, max_depth: usize) {
+    let raw = env.raw();
+    match ret {
+        Ok(v) => on_value(raw, v.raw(), max_depth, move |_, r| {
+            let _ = tx.send(r);
+        }),
+        Err(e) => {
+            let thrown = JsError::from(e).into_unknown(*env);
+            let _ = tx.send(Err(BridgeError::handler(convert::thrown_message(raw, thrown.raw()))));
+        }
+    }
+}
+
+/// What a handler returned: a value now, or a Promise whose outcome
+/// `done` receives later (on the JS thread). If the Promise cannot be
+/// watched, `done` gets a `HANDLER_ERROR` at once rather than never.
+pub(crate) fn on_value(
+    env: sys::napi_env,
+    value: RawValue,
+    max_depth: usize,
+    done: impl FnOnce(sys::napi_env, Reply) + 'static,
+) {
+    if !convert::is_promise(env, value) {
+        done(env, reply_of(env, value, max_depth));
+        return;
+    }
+    let done: crate::watch::Done = Box::new(move |env, settled| {
+        let reply = match settled {
+            Ok(v) => reply_of(env, v, max_depth),
+            Err(e) => Err(BridgeError::handler(convert::thrown_message(env, e))),
+        };
+        done(env, reply);
+    });
+    if let Err(done) = crate::watch::watch(env, value, done)
+        && let Ok(reason) = convert::create_string(env, "the handler returned a Promise the bridge could not wait for")
+    {
+        done(env, Err(reason));
+    }
+}
+
+pub(crate) fn reply_of(env: sys::napi_env, value: RawValue, max_depth: usize) -> Reply {
+    convert::to_payload(env, value, max_depth).map_err(|e| {
+        let e = e.into_bridge("the handler's reply");
+        BridgeError::handler(e.message().to_string())
+    })
+}
+
+/// `registerRustEcho`: a handler written in Rust that answers with the
+/// request payload, to measure the binding without any JS handler cost.
+pub(crate) fn rust_echo() -> std::sync::Arc<dyn Handler> {
+    dreamos_bridge::handler_fn(|msg: Message| async move { Ok(msg.payload) })
+}

@@ -1,0 +1,474 @@
+//! Node.js binding of the dreamos-bridge engine (`npm install dreamos-bridge`).
+//!
+//! A thin layer: it converts JS values, calls [`dreamos_bridge::BridgeManager`]
+//! and maps errors to JS `Error`s with a `.code`. Everything that waits
+//! returns a Promise (see [`settle`] for how those are settled cheaply);
+//! JS handlers are weak thread-safe functions (see [`handler`]).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+mod convert;
+mod direct;
+mod handler;
+mod settle;
+mod watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dreamos_bridge::{Action, BridgeConfig, BridgeError, CallOptions, Credentials, Message, Payload};
+use napi::JsValue as _;
+use napi::bindgen_prelude::{Function, Unknown};
+use napi::{Env, sys};
+use napi_derive::napi;
+use serde_json::{Value, json};
+
+use crate::convert::RawValue;
+use crate::settle::{Reply, Settler};
+
+/// A JS exception carrying `e` as an `Error` with `.code`.
+fn throw(env: sys::napi_env, e: &BridgeError) -> napi::Error {
+    match convert::from_error(env, e) {
+        // SAFETY: the error object was just created on this env.
+        Ok(v) => napi::Error::from(unsafe { Unknown::from_raw_unchecked(env, v) }),
+        Err(_) => napi::Error::from_reason(e.to_string()),
+    }
+}
+
+fn unknown<'a>(env: sys::napi_env, v: RawValue) -> Unknown<'a> {
+    // SAFETY: `v` was created on `env` in the current call.
+    unsafe { Unknown::from_raw_unchecked(env, v) }
+}
+
+fn raw(v: &Option<Unknown<'_>>) -> Option<RawValue> {
+    v.as_ref().map(|u| u.raw())
+}
+
+/// The bridge: one engine, shared by every clone and every call.
+#[napi(js_name = "BridgeManager")]
+pub struct JsBridgeManager {
+    bridge: dreamos_bridge::BridgeManager,
+    settler: Settler,
+    deadlines: direct::Deadlines,
+    max_depth: usize,
+}
+
+#[napi]
+impl JsBridgeManager {
+    /// A bridge from a config object with the YAML key names; without one, the
+    /// embedded default (in-process handlers only, no services, no security).
+    #[napi(constructor, catch_unwind)]
+    pub fn new(
+        env: Env,
+        #[napi(ts_arg_type = "BridgeConfig | null")] config: Option<Unknown<'_>>,
+    ) -> napi::Result<Self> {
+        let e = env.raw();
+        let cfg = match raw(&config).filter(|v| !convert::is_nullish(e, *v)) {
+            None => Ok(BridgeConfig::default()),
+            Some(v) => convert::to_json(e, v, 64)
+                .map_err(|c| BridgeError::config("", c.into_bridge("the config object").message()))
+                .and_then(BridgeConfig::from_value),
+        };
+        let bridge = cfg.and_then(dreamos_bridge::BridgeManager::new).map_err(|err| throw(e, &err))?;
+        Self::wrap(&env, bridge)
+    }
+
+    /// A bridge from YAML text.
+    #[napi(factory, catch_unwind)]
+    pub fn from_yaml(env: Env, text: String) -> napi::Result<Self> {
+        let bridge = dreamos_bridge::BridgeManager::from_yaml(&text).map_err(|err| throw(env.raw(), &err))?;
+        Self::wrap(&env, bridge)
+    }
+
+    /// A bridge from a YAML file.
+    #[napi(factory, catch_unwind)]
+    pub fn from_file(env: Env, path: String) -> napi::Result<Self> {
+        let bridge = dreamos_bridge::BridgeManager::from_file(&path).map_err(|err| throw(env.raw(), &err))?;
+        Self::wrap(&env, bridge)
+    }
+
+    fn wrap(env: &Env, bridge: dreamos_bridge::BridgeManager) -> napi::Result<Self> {
+        let max_depth = bridge.config().limits.max_json_depth;
+        Ok(JsBridgeManager { bridge, settler: Settler::new(env)?, deadlines: direct::Deadlines::default(), max_depth })
+    }
+
+    /// Start the bridge; calls are refused with `SHUTDOWN` until this resolves.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn initialize<'e>(&self, env: &'e Env) -> napi::Result<Unknown<'e>> {
+        let bridge = self.bridge.clone();
+        let p = self.settler.promise(env.raw(), async move { bridge.initialize().await.map(|_| Reply::Undefined) })?;
+        Ok(unknown(env.raw(), p))
+    }
+
+    /// Stop admitting, let in-flight work finish (for `grace` seconds, default
+    /// `bridge.shutdown_grace`), then fail what is left with `SHUTDOWN`.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn shutdown<'e>(&self, env: &'e Env, grace: Option<f64>) -> napi::Result<Unknown<'e>> {
+        let bridge = self.bridge.clone();
+        let grace = match grace.map(seconds).transpose() {
+            Ok(g) => g,
+            Err(err) => return Ok(unknown(env.raw(), self.settler.ready(env.raw(), Err(err))?)),
+        };
+        let p = self.settler.promise(env.raw(), async move {
+            match grace {
+                Some(g) => bridge.shutdown_with_grace(g).await,
+                None => bridge.shutdown().await,
+            }
+            Ok(Reply::Undefined)
+        })?;
+        Ok(unknown(env.raw(), p))
+    }
+
+    /// Is the bridge admitting messages?
+    #[napi(getter)]
+    pub fn is_running(&self) -> bool {
+        self.bridge.is_running()
+    }
+
+    /// Route `pattern` to a JS function (plain or async). It receives the
+    /// message and returns the reply payload (or a Promise of it); a throw or
+    /// a rejection reaches the caller as `HANDLER_ERROR`.
+    #[napi(catch_unwind)]
+    pub fn register_route(
+        &self,
+        env: Env,
+        pattern: String,
+        #[napi(ts_arg_type = "(message: Message) => Payload | Promise<Payload> | void | Promise<void>")]
+        handler: Function<'_, Unknown<'static>, Unknown<'static>>,
+    ) -> napi::Result<()> {
+        let h = handler::JsHandler::new(handler, self.max_depth)?;
+        self.bridge.register_route(&pattern, Arc::new(h)).map_err(|e| throw(env.raw(), &e))
+    }
+
+    /// Remove the route with exactly this pattern; `true` if there was one.
+    #[napi]
+    pub fn unregister_route(&self, pattern: String) -> bool {
+        self.bridge.unregister_route(&pattern)
+    }
+
+    /// The registered patterns.
+    #[napi]
+    pub fn routes(&self) -> Vec<String> {
+        self.bridge.routes()
+    }
+
+    /// Benchmark and test aid: route `pattern` to a handler written in Rust
+    /// that replies with the request payload.
+    #[napi(catch_unwind)]
+    pub fn register_rust_echo(&self, env: Env, pattern: String) -> napi::Result<()> {
+        self.bridge.register_route(&pattern, handler::rust_echo()).map_err(|e| throw(env.raw(), &e))
+    }
+
+    /// Request/reply: resolves with the reply payload, or rejects with an
+    /// `Error` whose `.code` says why. `timeout` is in seconds.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "destinationOrMessage: string | MessageInit, payload?: Payload | RouteOptions, options?: RouteOptions",
+        ts_return_type = "Promise<Payload>"
+    )]
+    pub fn route<'e>(
+        &self,
+        env: &'e Env,
+        destination_or_message: Unknown<'_>,
+        payload: Option<Unknown<'_>>,
+        options: Option<Unknown<'_>>,
+    ) -> napi::Result<Unknown<'e>> {
+        let e = env.raw();
+        let begun = self
+            .message(e, destination_or_message.raw(), raw(&payload), raw(&options))
+            .and_then(|(msg, opts)| self.bridge.begin(Action::Route, msg, &opts));
+        let mut call = match begun {
+            Ok(call) => call,
+            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+        };
+        // A JS handler of this very thread runs here, without a thread hop,
+        // when admission needs no waiting.
+        if let Some((func, max_depth)) = direct::handler_here(&call, e) {
+            match call.try_admit() {
+                Ok(None) => {
+                    return Ok(unknown(e, direct::run(&self.settler, &self.deadlines, e, call, func, max_depth)?));
+                }
+                Ok(Some(_)) => {}
+                Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+            }
+        }
+        let p = self.settler.promise(e, async move {
+            call.admit().await?;
+            call.deliver().await.map(Reply::Payload)
+        })?;
+        Ok(unknown(e, p))
+    }
+
+    /// Fire-and-forget: resolves with the message id once the message is
+    /// admitted; delivery (with retries) goes on in the background, and a
+    /// final failure lands in `deadLetters()`.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "destinationOrMessage: string | MessageInit, payload?: Payload | RouteOptions, options?: RouteOptions",
+        ts_return_type = "Promise<string>"
+    )]
+    pub fn publish<'e>(
+        &self,
+        env: &'e Env,
+        destination_or_message: Unknown<'_>,
+        payload: Option<Unknown<'_>>,
+        options: Option<Unknown<'_>>,
+    ) -> napi::Result<Unknown<'e>> {
+        let e = env.raw();
+        let p = match self.message(e, destination_or_message.raw(), raw(&payload), raw(&options)) {
+            Ok((msg, opts)) => {
+                let bridge = self.bridge.clone();
+                self.settler
+                    .promise(e, async move { bridge.publish(msg, opts).await.map(|id| Reply::Str(id.to_string())) })?
+            }
+            Err(err) => self.settler.ready(e, Err(err))?,
+        };
+        Ok(unknown(e, p))
+    }
+
+    /// Exchange credentials (`{api_key}` or `{token}` for an OIDC JWT) for a
+    /// bridge token.
+    #[napi(catch_unwind, ts_args_type = "credentials: Credentials", ts_return_type = "Promise<Token>")]
+    pub fn authenticate<'e>(&self, env: &'e Env, credentials: Unknown<'_>) -> napi::Result<Unknown<'e>> {
+        let e = env.raw();
+        let outcome = convert::to_json(e, credentials.raw(), 8)
+            .map_err(|c| BridgeError::unauthenticated(c.into_bridge("credentials").message()))
+            .and_then(|v| Credentials::from_json(&v))
+            .and_then(|c| self.bridge.authenticate(&c))
+            .map(|t| {
+                Reply::Json(json!({
+                    "value": t.value, "principal": t.principal, "roles": t.roles, "expiresAt": t.expires_at,
+                }))
+            });
+        Ok(unknown(e, self.settler.ready(e, outcome)?))
+    }
+
+    /// May the token's principal take `action` (default `route`) on
+    /// `resource`? Resolves `false` on a refusal; rejects `UNAUTHENTICATED`
+    /// for a bad token.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "token: Token | string, resource: string, action?: 'route' | 'publish' | 'handle' | 'admin'",
+        ts_return_type = "Promise<boolean>"
+    )]
+    pub fn authorize<'e>(
+        &self,
+        env: &'e Env,
+        token: Unknown<'_>,
+        resource: String,
+        action: Option<String>,
+    ) -> napi::Result<Unknown<'e>> {
+        let e = env.raw();
+        let outcome = (|| {
+            let action = parse_action(action.as_deref())?;
+            let token = token_string(e, token.raw())?.unwrap_or_default();
+            self.bridge.authorize(&token, action, &resource).map(Reply::Bool)
+        })();
+        Ok(unknown(e, self.settler.ready(e, outcome)?))
+    }
+
+    /// Revoke a token until it expires.
+    #[napi(catch_unwind, ts_args_type = "token: Token | string", ts_return_type = "Promise<void>")]
+    pub fn revoke<'e>(&self, env: &'e Env, token: Unknown<'_>) -> napi::Result<Unknown<'e>> {
+        let e = env.raw();
+        let outcome = token_string(e, token.raw()).and_then(|t| {
+            let t = t.ok_or_else(|| BridgeError::unauthenticated("revoke() needs a token"))?;
+            self.bridge.revoke(&t).map(|_| Reply::Undefined)
+        });
+        Ok(unknown(e, self.settler.ready(e, outcome)?))
+    }
+
+    /// A snapshot of every metric.
+    #[napi(catch_unwind, ts_return_type = "Metrics")]
+    pub fn metrics<'e>(&self, env: &'e Env) -> napi::Result<Unknown<'e>> {
+        let v = serde_json::to_value(self.bridge.metrics()).unwrap_or(Value::Null);
+        let js = convert::from_json(env.raw(), &v).map_err(|e| throw(env.raw(), &e))?;
+        Ok(unknown(env.raw(), js))
+    }
+
+    /// Metrics in the Prometheus text format.
+    #[napi]
+    pub fn metrics_text(&self) -> String {
+        self.bridge.metrics_text()
+    }
+
+    /// Health of the bridge and of each service.
+    #[napi(catch_unwind, ts_return_type = "Promise<Health>")]
+    pub fn health<'e>(&self, env: &'e Env) -> napi::Result<Unknown<'e>> {
+        let bridge = self.bridge.clone();
+        let p = self.settler.promise(env.raw(), async move {
+            let report = bridge.health().await;
+            Ok(Reply::Json(serde_json::to_value(report).unwrap_or(Value::Null)))
+        })?;
+        Ok(unknown(env.raw(), p))
+    }
+
+    /// Failed publishes, oldest first.
+    #[napi(catch_unwind, ts_return_type = "DeadLetter[]")]
+    pub fn dead_letters<'e>(&self, env: &'e Env) -> napi::Result<Unknown<'e>> {
+        let letters: Vec<Value> = self
+            .bridge
+            .dead_letters()
+            .into_iter()
+            .map(|d| {
+                json!({
+                    "id": d.id.to_string(),
+                    "message": d.message.to_json(),
+                    "error": serde_json::to_value(&d.error).unwrap_or(Value::Null),
+                    "attempts": d.attempts,
+                    "failedAt": d.failed_at,
+                })
+            })
+            .collect();
+        let js = convert::from_json(env.raw(), &Value::Array(letters)).map_err(|e| throw(env.raw(), &e))?;
+        Ok(unknown(env.raw(), js))
+    }
+
+    /// Deliver a dead letter again; it leaves the store on success.
+    #[napi(catch_unwind, ts_return_type = "Promise<void>")]
+    pub fn replay<'e>(&self, env: &'e Env, id: String) -> napi::Result<Unknown<'e>> {
+        let e = env.raw();
+        let p = match uuid::Uuid::parse_str(&id) {
+            Ok(id) => {
+                let bridge = self.bridge.clone();
+                self.settler.promise(e, async move { bridge.replay(id).await.map(|_| Reply::Undefined) })?
+            }
+            Err(_) => self.settler.ready(
+                e,
+                Err(BridgeError::invalid(format!("{id:?} is not a message id: take one from deadLetters()"))),
+            )?,
+        };
+        Ok(unknown(e, p))
+    }
+}
+
+impl JsBridgeManager {
+    /// The message and call options from `route`/`publish` arguments:
+    /// `(destination, payload?, options?)` or `(message, options?)`.
+    fn message(
+        &self,
+        env: sys::napi_env,
+        first: RawValue,
+        second: Option<RawValue>,
+        third: Option<RawValue>,
+    ) -> Result<(Message, CallOptions), BridgeError> {
+        use sys::ValueType as T;
+        let mut msg = match convert::type_of(env, first) {
+            T::napi_string => {
+                let dest = convert::get_string(env, first).map_err(|c| c.into_bridge("destination"))?;
+                let payload = match second {
+                    Some(p) => convert::to_payload(env, p, self.max_depth).map_err(|c| c.into_bridge("payload"))?,
+                    None => Payload::default(),
+                };
+                Message::new(dest, payload)
+            }
+            T::napi_object => self.message_object(env, first)?,
+            _ => {
+                return Err(BridgeError::invalid(
+                    "the first argument must be a destination string or a message object {destination, payload}",
+                ));
+            }
+        };
+        let options = if convert::type_of(env, first) == T::napi_object && third.is_none() { second } else { third };
+        let mut opts = CallOptions::default();
+        if let Some(o) = options.filter(|o| !convert::is_nullish(env, *o)) {
+            if convert::type_of(env, o) != T::napi_object {
+                return Err(BridgeError::invalid("options must be an object {token, timeout, headers}"));
+            }
+            let field = |name: &str| convert::get_named(env, o, name).map_err(|c| c.into_bridge(name));
+            opts.token = token_string(env, field("token")?)?;
+            let timeout = field("timeout")?;
+            if !convert::is_nullish(env, timeout) {
+                let t = convert::to_json(env, timeout, 1).map_err(|c| c.into_bridge("options.timeout"))?;
+                let secs =
+                    t.as_f64().ok_or_else(|| BridgeError::invalid("options.timeout must be seconds (a number)"))?;
+                opts.timeout = Some(seconds(secs)?);
+            }
+            read_headers(env, field("headers")?, &mut msg)?;
+            let priority = field("priority")?;
+            if !convert::is_nullish(env, priority) {
+                msg.priority = read_priority(env, priority)?;
+            }
+        }
+        Ok((msg, opts))
+    }
+
+    fn message_object(&self, env: sys::napi_env, obj: RawValue) -> Result<Message, BridgeError> {
+        let field = |name: &str| convert::get_named(env, obj, name).map_err(|c| c.into_bridge(name));
+        let dest = field("destination")?;
+        if convert::is_nullish(env, dest) {
+            return Err(BridgeError::invalid("the message object needs a `destination` string"));
+        }
+        let dest = convert::get_string(env, dest).map_err(|c| c.into_bridge("message.destination"))?;
+        let payload = field("payload")?;
+        let payload = convert::to_payload(env, payload, self.max_depth).map_err(|c| c.into_bridge("payload"))?;
+        let mut msg = Message::new(dest, payload);
+        read_headers(env, field("headers")?, &mut msg)?;
+        let priority = field("priority")?;
+        if !convert::is_nullish(env, priority) {
+            msg.priority = read_priority(env, priority)?;
+        }
+        Ok(msg)
+    }
+}
+
+fn read_headers(env: sys::napi_env, headers: RawValue, msg: &mut Message) -> Result<(), BridgeError> {
+    if convert::is_nullish(env, headers) {
+        return Ok(());
+    }
+    match convert::to_json(env, headers, 2).map_err(|c| c.into_bridge("headers"))? {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let Value::String(v) = v else {
+                    return Err(BridgeError::invalid(format!("header {k:?} must be a string")));
+                };
+                msg.headers.push((k, v));
+            }
+            Ok(())
+        }
+        _ => Err(BridgeError::invalid("headers must be an object of name → string")),
+    }
+}
+
+fn read_priority(env: sys::napi_env, v: RawValue) -> Result<i32, BridgeError> {
+    convert::to_json(env, v, 1)
+        .ok()
+        .and_then(|p| p.as_i64())
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| BridgeError::invalid("priority must be an integer"))
+}
+
+/// A token argument: the token object from `authenticate`, or its string.
+fn token_string(env: sys::napi_env, v: RawValue) -> Result<Option<String>, BridgeError> {
+    use sys::ValueType as T;
+    match convert::type_of(env, v) {
+        T::napi_undefined | T::napi_null => Ok(None),
+        T::napi_string => convert::get_string(env, v).map(Some).map_err(|c| c.into_bridge("token")),
+        T::napi_object => {
+            let value = convert::get_named(env, v, "value").map_err(|c| c.into_bridge("token"))?;
+            convert::get_string(env, value).map(Some).map_err(|_| {
+                BridgeError::unauthenticated(
+                    "the token object has no `value` string: pass what authenticate() returned",
+                )
+            })
+        }
+        _ => Err(BridgeError::unauthenticated("a token must be the object authenticate() returned, or its string")),
+    }
+}
+
+fn parse_action(a: Option<&str>) -> Result<Action, BridgeError> {
+    match a.unwrap_or("route") {
+        "route" => Ok(Action::Route),
+        "publish" => Ok(Action::Publish),
+        "handle" => Ok(Action::Handle),
+        "admin" => Ok(Action::Admin),
+        other => Err(BridgeError::invalid(format!("unknown action {other:?}: use route, publish, handle or admin"))),
+    }
+}
+
+fn seconds(s: f64) -> Result<Duration, BridgeError> {
+    if (0.0..1e9).contains(&s) {
+        Ok(Duration::from_secs_f64(s))
+    } else {
+        Err(BridgeError::invalid(format!("{s} is not a valid number of seconds")))
+    }
+}

@@ -1,0 +1,34 @@
+# Node: the napi-rs addon (bindings-node/) and its node --test suites.
+#
+# `npm install` at the root installs @napi-rs/cli and links the
+# `dreamos-bridge` workspace package; --ignore-scripts skips the release
+# build of the root postinstall, since tests use a debug build and the
+# benchmark builds release itself.
+
+TEST_TARGETS += test-node
+BENCH_TARGETS += bench-node
+
+NODE_MODULES_STAMP := node_modules/.package-lock.json
+
+.PHONY: node-deps build-node build-node-release test-node bench-node demo-node
+
+$(NODE_MODULES_STAMP): package.json bindings-node/package.json
+	npm install --ignore-scripts --no-audit --no-fund
+	@touch $@
+
+node-deps: $(NODE_MODULES_STAMP)
+
+build-node: node-deps
+	npm run build:debug
+
+build-node-release: node-deps
+	npm run build
+
+test-node: build-node
+	cd bindings-node && node --test __test__/
+
+bench-node: build-node-release
+	node bench/node_route.mjs
+
+demo-node: build-node
+	node examples/agent.mjs
