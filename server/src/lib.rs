@@ -11,6 +11,8 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod error;
 pub mod hub;
 pub mod server;

@@ -88,7 +88,7 @@ impl Server {
     /// drain: stop accepting, let the bridge finish in-flight work within
     /// its grace period (the rest is answered `SHUTDOWN`), close connected
     /// services, and wait for responses to be written.
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> dreamos_bridge::Result<()> {
+    pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> dreamos_bridge::Result<()> {
         let addr = listener
             .local_addr()
             .map_err(|e| BridgeError::config("bridge.host", format!("listener has no address: {e}")))?;
