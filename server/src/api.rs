@@ -122,8 +122,10 @@ fn bearer(headers: &HeaderMap) -> ApiResult<Option<String>> {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
             Ok(Some(token.trim().to_string()))
         }
-        _ => Err(BridgeError::unauthenticated("expected `Authorization: Bearer <token>` (get one from /v1/auth/token)")
-            .into()),
+        _ => {
+            Err(BridgeError::unauthenticated("expected `Authorization: Bearer <token>` (get one from /v1/auth/token)")
+                .into())
+        }
     }
 }
 
@@ -133,7 +135,9 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
         let status = rej.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::with_status(
-                BridgeError::invalid("the request body is larger than the limit (limits.max_payload_bytes plus 64 KiB)"),
+                BridgeError::invalid(
+                    "the request body is larger than the limit (limits.max_payload_bytes plus 64 KiB)",
+                ),
                 status,
             )
         } else {
@@ -153,7 +157,9 @@ fn require_admin(state: &AppState, headers: &HeaderMap, resource: &str) -> ApiRe
         .into());
     }
     let token = bearer(headers)?.ok_or_else(|| {
-        BridgeError::unauthenticated("admin endpoints need `Authorization: Bearer <token>` of a principal with the admin role")
+        BridgeError::unauthenticated(
+            "admin endpoints need `Authorization: Bearer <token>` of a principal with the admin role",
+        )
     })?;
     match bridge.authorize(&token, Action::Admin, resource) {
         Ok(true) => Ok(()),
@@ -297,11 +303,7 @@ async fn dead_letters(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     Ok(axum::Json(json!({ "dead_letters": list })).into_response())
 }
 
-async fn replay(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
+async fn replay(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
     require_admin(&state, &headers, resources::REPLAY)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::invalid(format!("{id:?} is not a dead-letter id (a UUID)")))?;
     state.bridge().replay(id).await?;

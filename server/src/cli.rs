@@ -110,6 +110,9 @@ pub enum Command {
         /// POST this URL instead of {url}/v1/route, with the payload as body (measures a plain HTTP peer).
         #[arg(long)]
         raw_url: Option<String>,
+        /// With --raw-url: send GET requests without a body (e.g. to /health).
+        #[arg(long, requires = "raw_url")]
+        get: bool,
         /// Print the result as one JSON line.
         #[arg(long)]
         json: bool,

@@ -32,11 +32,7 @@ async fn read_json(resp: reqwest::Response) -> Result<Value> {
     let status = resp.status();
     let text = resp.text().await.map_err(|e| ClientError(format!("reading the answer failed: {e}")))?;
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    if status.is_success() {
-        Ok(v)
-    } else {
-        Err(ClientError(format!("HTTP {status}: {v}")))
-    }
+    if status.is_success() { Ok(v) } else { Err(ClientError(format!("HTTP {status}: {v}"))) }
 }
 
 impl Client {
@@ -122,11 +118,12 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)].as_secs_f64() * 1000.0
 }
 
-/// Drive `requests` POSTs with `concurrency` in flight; a progress bar on stderr.
+/// Drive `requests` requests (POSTs, or GETs with `get`) with `concurrency` in flight; a progress bar on stderr.
 pub async fn bench(
     client: Client,
     url_path: Option<String>,
     body: Value,
+    get: bool,
     concurrency: usize,
     requests: usize,
     label: String,
@@ -152,11 +149,19 @@ pub async fn bench(
             let mut lat = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < requests {
                 let t = Instant::now();
-                let mut rb = client.http.post(target.as_str()).header("content-type", "application/json");
+                let mut rb = if get {
+                    client.http.get(target.as_str())
+                } else {
+                    client
+                        .http
+                        .post(target.as_str())
+                        .header("content-type", "application/json")
+                        .body(body.as_ref().clone())
+                };
                 if let Some(tok) = &client.token {
                     rb = rb.bearer_auth(tok);
                 }
-                let ok = match rb.body(body.as_ref().clone()).send().await {
+                let ok = match rb.send().await {
                     Ok(r) => {
                         let ok = r.status().is_success();
                         let _ = r.bytes().await;

@@ -54,8 +54,8 @@ impl IntoResponse for ApiError {
         let status = self.status.unwrap_or_else(|| status_of(self.error.code()));
         let body = serde_json::to_vec(&self.error)
             .unwrap_or_else(|_| br#"{"code":"INTERNAL","message":"error serialization failed"}"#.to_vec());
-        let mut resp = (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body)
-            .into_response();
+        let mut resp =
+            (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response();
         if let Some(wait) = self.error.retry_after() {
             // Whole seconds, rounded up: a client that waits this long is not refused again for the same reason.
             let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);

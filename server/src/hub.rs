@@ -304,7 +304,10 @@ impl ServiceHub {
         let groups = self.groups.lock();
         for (pattern, h) in groups.iter() {
             if new.routes().iter().any(|p| p == pattern) {
-                tracing::warn!(pattern, "the reloaded config routes a pattern a connected service serves; the connected service keeps it");
+                tracing::warn!(
+                    pattern,
+                    "the reloaded config routes a pattern a connected service serves; the connected service keeps it"
+                );
             }
             if let Err(e) = new.register_route(pattern, Arc::new(h.clone())) {
                 tracing::error!(pattern, error = %e, "could not carry a connected service's route over to the reloaded bridge");

@@ -34,7 +34,8 @@ async fn run(command: Command) -> ExitCode {
         Command::HashKey { key } => hash_key(key),
         Command::Token(TokenCommand::Inspect { token }) => inspect(&token),
         Command::Route { destination, payload, timeout, conn } => {
-            let body = json!({"destination": destination, "payload": client::parse_payload(&payload), "timeout": timeout});
+            let body =
+                json!({"destination": destination, "payload": client::parse_payload(&payload), "timeout": timeout});
             print_result(async { Client::connect(&conn, 1).await?.post("/v1/route", &body).await }.await)
         }
         Command::DeadLetters(DeadLetterCommand::List { conn }) => {
@@ -47,7 +48,7 @@ async fn run(command: Command) -> ExitCode {
             }
             .await,
         ),
-        Command::Bench { concurrency, requests, destination, payload, raw_url, json: as_json, label, conn } => {
+        Command::Bench { concurrency, requests, destination, payload, raw_url, get, json: as_json, label, conn } => {
             let payload = client::parse_payload(&payload);
             let body = match raw_url {
                 Some(_) => payload,
@@ -55,7 +56,7 @@ async fn run(command: Command) -> ExitCode {
             };
             let result = async {
                 let c = Client::connect(&conn, concurrency).await?;
-                client::bench(c, raw_url, body, concurrency, requests, label).await
+                client::bench(c, raw_url, body, get, concurrency, requests, label).await
             }
             .await;
             match result {
@@ -112,9 +113,9 @@ fn init_logging(level: &str, format: LogFormat) {
 /// The listen address of a config (the first address `bridge.host` resolves to).
 async fn listen_addr(config: &BridgeConfig) -> dreamos_bridge::Result<SocketAddr> {
     let host = config.bridge.host.as_str();
-    let mut addrs = tokio::net::lookup_host((host, config.bridge.port)).await.map_err(|e| {
-        dreamos_bridge::BridgeError::config("bridge.host", format!("cannot resolve {host:?}: {e}"))
-    })?;
+    let mut addrs = tokio::net::lookup_host((host, config.bridge.port))
+        .await
+        .map_err(|e| dreamos_bridge::BridgeError::config("bridge.host", format!("cannot resolve {host:?}: {e}")))?;
     addrs.next().ok_or_else(|| dreamos_bridge::BridgeError::config("bridge.host", format!("{host:?} has no address")))
 }
 
@@ -148,9 +149,9 @@ async fn serve(config_path: Option<PathBuf>, log_format: LogFormat, echo: Vec<St
         check_exposure(addr, &config)?;
         let bridge = build_bridge(config, &echo)?;
         let server = Arc::new(Server::from_bridge(bridge)?);
-        let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-            dreamos_bridge::BridgeError::config("bridge.port", format!("cannot listen on {addr}: {e}"))
-        })?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| dreamos_bridge::BridgeError::config("bridge.port", format!("cannot listen on {addr}: {e}")))?;
         Ok::<_, dreamos_bridge::BridgeError>((server, listener))
     }
     .await;
@@ -214,10 +215,14 @@ async fn reload_on_sighup(server: Arc<Server>, path: PathBuf, echo: Vec<String>)
                 ("bridge.port", config.bridge.port != old.bridge.port),
                 ("bridge.max_connections", config.bridge.max_connections != old.bridge.max_connections),
                 ("bridge.tls", config.bridge.tls.is_some() != old.bridge.tls.is_some()),
-                ("limits.max_payload_bytes (body limit)", config.limits.max_payload_bytes != old.limits.max_payload_bytes),
+                (
+                    "limits.max_payload_bytes (body limit)",
+                    config.limits.max_payload_bytes != old.limits.max_payload_bytes,
+                ),
                 (
                     "security.allowed_origins",
-                    config.security.as_ref().map(|s| &s.allowed_origins) != old.security.as_ref().map(|s| &s.allowed_origins),
+                    config.security.as_ref().map(|s| &s.allowed_origins)
+                        != old.security.as_ref().map(|s| &s.allowed_origins),
                 ),
             ];
             for (key, changed) in restart_only {
@@ -237,7 +242,9 @@ async fn reload_on_sighup(server: Arc<Server>, path: PathBuf, echo: Vec<String>)
         .await;
         match result {
             Ok(()) => tracing::info!(file = %path.display(), "config reloaded"),
-            Err(e) => tracing::error!(file = %path.display(), error = %e, "config reload failed; the running config stays"),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "config reload failed; the running config stays")
+            }
         }
     }
 }
@@ -298,8 +305,7 @@ fn inspect(token: &str) -> ExitCode {
         serde_json::from_slice(&bytes).ok()
     };
     let parts: Vec<&str> = token.trim().split('.').collect();
-    let (Some(header), Some(claims)) =
-        (parts.first().and_then(|p| decode(p)), parts.get(1).and_then(|p| decode(p)))
+    let (Some(header), Some(claims)) = (parts.first().and_then(|p| decode(p)), parts.get(1).and_then(|p| decode(p)))
     else {
         eprintln!("error: not a JWT (expected three base64url parts separated by dots)");
         return ExitCode::FAILURE;

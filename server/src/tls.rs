@@ -10,10 +10,12 @@ use tokio_rustls::rustls;
 
 /// Load `bridge.tls`: a PEM certificate chain and a PEM private key.
 pub fn load(cert: &Path, key: &Path) -> dreamos_bridge::Result<Arc<rustls::ServerConfig>> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            BridgeError::config("bridge.tls.cert", format!("cannot read a PEM certificate from {}: {e}", cert.display()))
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).and_then(|it| it.collect::<Result<Vec<_>, _>>()).map_err(|e| {
+            BridgeError::config(
+                "bridge.tls.cert",
+                format!("cannot read a PEM certificate from {}: {e}", cert.display()),
+            )
         })?;
     if certs.is_empty() {
         return Err(BridgeError::config(

@@ -73,7 +73,8 @@ async fn run(state: Arc<AppState>, mut socket: WebSocket) {
         Ok(t) => t,
         Err(frame) => {
             let _ = socket.send(WsMessage::Text(frame.into())).await;
-            let _ = socket.send(WsMessage::Close(Some(CloseFrame { code: 1008, reason: "unauthenticated".into() }))).await;
+            let _ =
+                socket.send(WsMessage::Close(Some(CloseFrame { code: 1008, reason: "unauthenticated".into() }))).await;
             return;
         }
     };

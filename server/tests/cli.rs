@@ -82,7 +82,16 @@ fn token_inspect_decodes_without_verifying() {
 
 #[test]
 fn every_command_has_an_example_in_help() {
-    for cmd in [&["serve"][..], &["check-config"], &["hash-key"], &["token", "inspect"], &["route"], &["dead-letters", "list"], &["dead-letters", "replay"], &["bench"]] {
+    for cmd in [
+        &["serve"][..],
+        &["check-config"],
+        &["hash-key"],
+        &["token", "inspect"],
+        &["route"],
+        &["dead-letters", "list"],
+        &["dead-letters", "replay"],
+        &["bench"],
+    ] {
         let out = Command::new(BIN).args(cmd).arg("--help").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.contains("Example:"), "{cmd:?} --help has no example:\n{text}");
@@ -192,9 +201,7 @@ async fn sigterm_drains_a_request_in_flight() {
     assert_eq!(m["type"], "message");
     signal(&s.child, "TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    ws.send(Ws::Text(json!({"type": "reply", "id": m["id"], "payload": "finished"}).to_string().into()))
-        .await
-        .unwrap();
+    ws.send(Ws::Text(json!({"type": "reply", "id": m["id"], "payload": "finished"}).to_string().into())).await.unwrap();
     let (st, v) = call.await.unwrap();
     assert_eq!((st, v), (200, json!({"payload": "finished"})));
     assert!(s.child.wait().unwrap().success());

@@ -20,13 +20,20 @@ fn echo(b: &dreamos_bridge::BridgeManager) {
 #[tokio::test]
 async fn route_publish_and_health() {
     let s = TestServer::start(LOCAL, echo).await;
-    let (st, _, v) = post(&format!("{}/v1/route", s.url), None, json!({"destination": "agents.echo", "payload": {"x": [1, 2]}, "headers": {"h": "v"}, "timeout": 5})).await;
+    let (st, _, v) = post(
+        &format!("{}/v1/route", s.url),
+        None,
+        json!({"destination": "agents.echo", "payload": {"x": [1, 2]}, "headers": {"h": "v"}, "timeout": 5}),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v, json!({"payload": {"x": [1, 2]}}));
     let bytes = json!({"$bytes": "AAEC"});
-    let (st, _, v) = post(&format!("{}/v1/route", s.url), None, json!({"destination": "agents.echo", "payload": bytes})).await;
+    let (st, _, v) =
+        post(&format!("{}/v1/route", s.url), None, json!({"destination": "agents.echo", "payload": bytes})).await;
     assert_eq!((st, &v["payload"]), (200, &bytes));
-    let (st, _, v) = post(&format!("{}/v1/publish", s.url), None, json!({"destination": "agents.echo", "payload": 1})).await;
+    let (st, _, v) =
+        post(&format!("{}/v1/publish", s.url), None, json!({"destination": "agents.echo", "payload": 1})).await;
     assert_eq!(st, 202);
     assert!(uuid::Uuid::parse_str(v["id"].as_str().unwrap()).is_ok());
     let (st, v) = get(&format!("{}/health", s.url), None).await;
@@ -106,9 +113,11 @@ async fn error_codes_map_to_statuses() {
     let (st, _, v) = post(&route, None, json!({"destination": "down.x", "payload": 1, "timeout": 5})).await;
     assert_error(st, &v, 503, "SERVICE_UNAVAILABLE");
     // 503 QUEUE_FULL: one in the handler, one queued, the third finds no room.
-    let r1 = tokio::spawn(post(route.clone(), None, json!({"destination": "narrow.slow", "payload": 1, "timeout": 30})));
+    let r1 =
+        tokio::spawn(post(route.clone(), None, json!({"destination": "narrow.slow", "payload": 1, "timeout": 30})));
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let r2 = tokio::spawn(post(route.clone(), None, json!({"destination": "narrow.slow", "payload": 2, "timeout": 30})));
+    let r2 =
+        tokio::spawn(post(route.clone(), None, json!({"destination": "narrow.slow", "payload": 2, "timeout": 30})));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (st, _, v) = post(&route, None, json!({"destination": "narrow.slow", "payload": 3, "timeout": 0.3})).await;
     assert_error(st, &v, 503, "QUEUE_FULL");
@@ -260,7 +269,11 @@ async fn openapi_lists_every_route() {
         // And the router really serves it (not the 404 fallback).
         if *method == "get" && !path.contains('{') && *path != "/v1/connect" {
             let (st, v) = get(&format!("{}{path}", s.url), None).await;
-            assert_ne!(v.get("message").and_then(|m| m.as_str()), Some("no such endpoint: see /openapi.json for the API"), "{path} {st}");
+            assert_ne!(
+                v.get("message").and_then(|m| m.as_str()),
+                Some("no such endpoint: see /openapi.json for the API"),
+                "{path} {st}"
+            );
         }
     }
     // Nothing documented that the router lacks.
@@ -295,7 +308,8 @@ async fn drain_answers_in_flight_then_stops() {
     })
     .await;
     let url = format!("{}/v1/route", s.url);
-    let inflight = tokio::spawn(post(url, None, json!({"destination": "agents.wait", "payload": "done", "timeout": 20})));
+    let inflight =
+        tokio::spawn(post(url, None, json!({"destination": "agents.wait", "payload": "done", "timeout": 20})));
     let bridge = s.bridge();
     wait_until(|| !bridge.routes().is_empty()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -131,7 +131,12 @@ async fn dead_letters_list_and_replay() {
     .await;
     let agent = token(&s, AGENT).await;
     let admin = token(&s, ADMIN).await;
-    let (st, _, v) = post(format!("{}/v1/publish", s.url), Some(&agent), json!({"destination": "events.audit", "payload": {"n": 1}})).await;
+    let (st, _, v) = post(
+        format!("{}/v1/publish", s.url),
+        Some(&agent),
+        json!({"destination": "events.audit", "payload": {"n": 1}}),
+    )
+    .await;
     assert_eq!(st, 202, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
     let mut listed = Value::Null;
@@ -157,7 +162,9 @@ async fn dead_letters_list_and_replay() {
     assert_eq!((st, v["code"].as_str()), (400, Some("INVALID_MESSAGE")));
 }
 
-async fn frame(ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>) -> Value {
+async fn frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> Value {
     loop {
         match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.unwrap() {
             Some(Ok(Ws::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),

@@ -60,7 +60,8 @@ async fn connected_service_serves_a_pattern() {
     let ws = service(&s, "ext.tools.>").await;
     assert!(s.bridge().routes().contains(&"ext.tools.>".to_string()));
     let task = serve_forever(ws, "a");
-    let (st, _, v) = post(format!("{}/v1/route", s.url), None, json!({"destination": "ext.tools.sum", "payload": [1, 2]})).await;
+    let (st, _, v) =
+        post(format!("{}/v1/route", s.url), None, json!({"destination": "ext.tools.sum", "payload": [1, 2]})).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["payload"], json!({"by": "a", "echo": [1, 2], "dest": "ext.tools.sum"}));
     task.abort();
@@ -73,7 +74,8 @@ async fn connected_service_serves_a_pattern() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(s.bridge().routes().is_empty());
-    let (st, _, v) = post(format!("{}/v1/route", s.url), None, json!({"destination": "ext.tools.sum", "payload": 1})).await;
+    let (st, _, v) =
+        post(format!("{}/v1/route", s.url), None, json!({"destination": "ext.tools.sum", "payload": 1})).await;
     assert_eq!((st, v["code"].as_str()), (404, Some("ROUTE_NOT_FOUND")));
 }
 
@@ -84,7 +86,8 @@ async fn two_subscribers_share_the_load() {
     let b = serve_forever(service(&s, "ext.pool").await, "b");
     let mut by = std::collections::HashMap::new();
     for i in 0..20 {
-        let (st, _, v) = post(format!("{}/v1/route", s.url), None, json!({"destination": "ext.pool", "payload": i})).await;
+        let (st, _, v) =
+            post(format!("{}/v1/route", s.url), None, json!({"destination": "ext.pool", "payload": i})).await;
         assert_eq!(st, 200, "{v}");
         *by.entry(v["payload"]["by"].as_str().unwrap().to_string()).or_insert(0) += 1;
     }
@@ -102,7 +105,9 @@ async fn disconnect_with_messages_in_flight_moves_them_or_fails_them() {
     let good = service(&s, "ext.work").await;
     let route = format!("{}/v1/route", s.url);
     let calls: Vec<_> = (0..6)
-        .map(|i| tokio::spawn(post(route.clone(), None, json!({"destination": "ext.work", "payload": i, "timeout": 20}))))
+        .map(|i| {
+            tokio::spawn(post(route.clone(), None, json!({"destination": "ext.work", "payload": i, "timeout": 20})))
+        })
         .collect();
     // Hold `good`'s messages too until `silent` has some in flight.
     let mut got = 0;
@@ -132,8 +137,11 @@ async fn disconnect_with_messages_in_flight_moves_them_or_fails_them() {
 #[tokio::test]
 async fn service_errors_and_bad_frames() {
     let s = TestServer::start(LOCAL, |b| {
-        b.register_route("inproc.x", dreamos_bridge::handler_fn(|m: dreamos_bridge::Message| async move { Ok(m.payload) }))
-            .unwrap();
+        b.register_route(
+            "inproc.x",
+            dreamos_bridge::handler_fn(|m: dreamos_bridge::Message| async move { Ok(m.payload) }),
+        )
+        .unwrap();
     })
     .await;
     let mut ws = service(&s, "ext.err").await;
