@@ -20,7 +20,7 @@ use sha2::Digest;
 
 const ADMIN: &str = "dk_dash_admin";
 const AGENT: &str = "dk_dash_agent";
-const ELEMENT: &str = "element-6066-11e4-a52e-4f61794d3d60";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 fn sha(k: &str) -> String {
     hex::encode(sha2::Sha256::digest(k.as_bytes()))
