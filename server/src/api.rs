@@ -15,6 +15,7 @@ use axum::routing::{get, post};
 use dreamos_bridge::{Action, BridgeError, CallOptions, Credentials, ErrorCode, Message};
 use serde_json::{Value, json};
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use uuid::Uuid;
 
 use crate::error::ApiError;
@@ -81,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyTimeoutLayer::new(state.options.body_read_timeout))
         .layer(cors)
         .with_state(state)
 }

@@ -27,6 +27,8 @@ pub struct ServerOptions {
     pub max_connections: usize,
     /// Time a client has to send a request's headers (also the idle time of a kept-alive connection).
     pub header_read_timeout: Duration,
+    /// Time a client has to send a request body once the headers arrived.
+    pub body_read_timeout: Duration,
     /// Ping interval of connected services; two missed ones drop the peer.
     pub heartbeat_interval: Duration,
     /// Time a new WebSocket has to send its auth frame.
@@ -50,6 +52,7 @@ impl ServerOptions {
             max_frame_bytes: config.limits.max_payload_bytes.saturating_add(ENVELOPE_BYTES),
             max_connections: config.bridge.max_connections,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(15),
             auth_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(5),

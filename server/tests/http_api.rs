@@ -218,6 +218,24 @@ async fn slow_headers_are_cut_off() {
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the server kept a slow client's connection open");
+    // An idle kept-alive connection is closed too.
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    sock.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the server kept an idle connection open");
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn slow_bodies_are_cut_off() {
+    let s = TestServer::start_with(LOCAL, echo, |o| o.body_read_timeout = Duration::from_millis(300)).await;
+    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    sock.write_all(b"POST /v1/route HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"dest").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(20), sock.read(&mut buf)).await.expect("an answer").unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 408"), "{text}");
 }
 
 #[tokio::test]
