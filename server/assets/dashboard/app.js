@@ -83,6 +83,14 @@ function rateFor(row, prevRow, dt) {
   return "";
 }
 
+// Share of finished messages (or service requests) that did not succeed.
+function errorRate(row) {
+  const total = typeof row.accepted === "number" ? row.accepted : row.requests;
+  const bad = typeof row.accepted === "number" ? (row.failed || 0) + (row.rejected || 0) : row.failures;
+  if (typeof total !== "number" || total === 0 || typeof bad !== "number") return "";
+  return (100 * bad / total).toFixed(1);
+}
+
 function cell(key, value) {
   const td = el("td");
   if (/(state|status|health|breaker)$/.test(key) && typeof value === "string") {
@@ -103,12 +111,14 @@ function table(name, map, prevMap, dt) {
   const head = el("tr");
   head.appendChild(el("th", {}, name));
   head.appendChild(el("th", {}, "per second"));
+  head.appendChild(el("th", {}, "error %"));
   for (const c of cols) head.appendChild(el("th", {}, c));
   t.appendChild(head);
   for (const [k, r] of rows) {
     const tr = el("tr", { "data-name": k });
     tr.appendChild(el("td", {}, k));
     tr.appendChild(el("td", { class: "num rate" }, rateFor(r, prevMap && prevMap[k] ? flatten(prevMap[k]) : null, dt)));
+    tr.appendChild(el("td", { class: "num" }, errorRate(r)));
     for (const c of cols) tr.appendChild(cell(c, r[c]));
     t.appendChild(tr);
   }
