@@ -155,8 +155,13 @@ async fn dashboard_signs_in_and_shows_live_numbers() {
                 .await;
         assert_eq!(st, 200);
     }
-    d.wait_for("return document.getElementById('board').innerText.includes('agents.echo')", "the agents.echo route")
-        .await;
+    // Wait for the per-route row to count the traffic (a DOM condition, not a sleep).
+    let accepted = "const row = document.querySelector(\"table[data-section='routes'] tr[data-name='agents.echo']\");\
+        if (!row) return false;\
+        const heads = [...row.parentNode.querySelector('tr').children].map((th) => th.textContent);\
+        const i = heads.indexOf('accepted');\
+        return i >= 0 && Number(row.children[i].textContent.replace(/,/g, '')) >= 25;";
+    d.wait_for(accepted, "25 messages accepted on agents.echo").await;
     let after = d.js("return document.getElementById('board').innerText").await;
     assert_ne!(before, after, "numbers did not change after traffic");
 
