@@ -1,0 +1,313 @@
+//! The HTTP API: request parsing, bearer tokens, admin checks, and the
+//! router. Each handler converts the request and calls the bridge; the
+//! flow itself (validation, auth, limits, delivery) is the core's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use dreamos_bridge::{Action, BridgeError, CallOptions, Credentials, ErrorCode, Message};
+use serde_json::{Value, json};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::ws::payload_from_json;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The OpenAPI 3.1 document served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("../assets/openapi.json");
+const DASHBOARD_HTML: &str = include_str!("../assets/dashboard/index.html");
+const DASHBOARD_JS: &str = include_str!("../assets/dashboard/app.js");
+const DASHBOARD_CSS: &str = include_str!("../assets/dashboard/app.css");
+
+/// Every route of the router as (method, path), for the OpenAPI check.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/health"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("post", "/v1/auth/token"),
+    ("post", "/v1/route"),
+    ("post", "/v1/publish"),
+    ("get", "/v1/connect"),
+    ("post", "/v1/admin/revoke"),
+    ("get", "/v1/admin/metrics.json"),
+    ("get", "/v1/admin/dead-letters"),
+    ("post", "/v1/admin/dead-letters/{id}/replay"),
+    ("get", "/dashboard"),
+    ("get", "/dashboard/app.js"),
+    ("get", "/dashboard/app.css"),
+];
+
+/// Admin resources, checked with `authorize(token, Action::Admin, resource)`.
+pub mod resources {
+    /// `GET /metrics`, `GET /v1/admin/metrics.json`.
+    pub const METRICS: &str = "admin.metrics";
+    /// `POST /v1/admin/revoke`.
+    pub const TOKENS: &str = "admin.tokens";
+    /// `GET /v1/admin/dead-letters`.
+    pub const DEAD_LETTERS: &str = "admin.dead-letters";
+    /// `POST /v1/admin/dead-letters/{id}/replay`.
+    pub const REPLAY: &str = "admin.dead-letters.replay";
+}
+
+/// The application router (without the connection-level limits).
+pub fn router(state: Arc<AppState>) -> Router {
+    let cors = cors_layer(&state.options.allowed_origins);
+    let body_limit = state.options.body_limit;
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/auth/token", post(auth_token))
+        .route("/v1/route", post(route))
+        .route("/v1/publish", post(publish))
+        .route("/v1/connect", get(crate::ws::connect))
+        .route("/v1/admin/revoke", post(revoke))
+        .route("/v1/admin/metrics.json", get(metrics_json))
+        .route("/v1/admin/dead-letters", get(dead_letters))
+        .route("/v1/admin/dead-letters/{id}/replay", post(replay))
+        .route("/dashboard", get(|| async { Html(DASHBOARD_HTML) }))
+        .route("/dashboard/app.js", get(|| async { static_file("text/javascript; charset=utf-8", DASHBOARD_JS) }))
+        .route("/dashboard/app.css", get(|| async { static_file("text/css; charset=utf-8", DASHBOARD_CSS) }))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyTimeoutLayer::new(state.options.body_read_timeout))
+        .layer(cors)
+        .with_state(state)
+}
+
+fn static_file(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// CORS: only the exact origins of `security.allowed_origins`; none if empty.
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(list))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::with_status(
+        BridgeError::new(ErrorCode::RouteNotFound, "no such endpoint: see /openapi.json for the API"),
+        StatusCode::NOT_FOUND,
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::with_status(
+        BridgeError::invalid("method not allowed on this endpoint: see /openapi.json"),
+        StatusCode::METHOD_NOT_ALLOWED,
+    )
+}
+
+/// The bearer token of the request, if any.
+fn bearer(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let v = v.to_str().map_err(|_| BridgeError::unauthenticated("the Authorization header is not ASCII"))?;
+    match v.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(Some(token.trim().to_string()))
+        }
+        _ => {
+            Err(BridgeError::unauthenticated("expected `Authorization: Bearer <token>` (get one from /v1/auth/token)")
+                .into())
+        }
+    }
+}
+
+/// The request body as JSON; an oversize body is 413, bad JSON 400.
+fn json_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
+    let bytes = body.map_err(|rej| {
+        let status = rej.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::with_status(
+                BridgeError::invalid(
+                    "the request body is larger than the limit (limits.max_payload_bytes plus 64 KiB)",
+                ),
+                status,
+            )
+        } else {
+            ApiError::invalid(format!("could not read the request body: {}", rej.body_text()))
+        }
+    })?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))
+}
+
+/// Admin endpoints need security on and a token whose roles grant `admin` on `resource`.
+fn require_admin(state: &AppState, headers: &HeaderMap, resource: &str) -> ApiResult<()> {
+    let bridge = state.bridge();
+    if !bridge.config().security_enabled() {
+        return Err(BridgeError::forbidden(
+            "admin endpoints need the admin role, and this server runs without `security`: configure API keys and roles",
+        )
+        .into());
+    }
+    let token = bearer(headers)?.ok_or_else(|| {
+        BridgeError::unauthenticated(
+            "admin endpoints need `Authorization: Bearer <token>` of a principal with the admin role",
+        )
+    })?;
+    match bridge.authorize(&token, Action::Admin, resource) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(BridgeError::forbidden(format!("this principal lacks the admin role for {resource}")).into()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let report = state.bridge().health().await;
+    let status = match report.status {
+        dreamos_bridge::metrics::HealthStatus::Down => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    (status, axum::Json(report)).into_response()
+}
+
+async fn openapi() -> Response {
+    static_file("application/json", OPENAPI)
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    require_admin(&state, &headers, resources::METRICS)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.bridge().metrics_text())
+        .into_response())
+}
+
+async fn metrics_json(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    require_admin(&state, &headers, resources::METRICS)?;
+    Ok(axum::Json(state.bridge().metrics()).into_response())
+}
+
+async fn auth_token(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let creds = json_body(body)?;
+    let creds = Credentials::from_json(&creds)?;
+    let token = state.bridge().authenticate(&creds)?;
+    Ok(axum::Json(json!({
+        "token": token.value,
+        "principal": token.principal,
+        "roles": token.roles,
+        "expires_at": token.expires_at,
+    }))
+    .into_response())
+}
+
+/// A `/v1/route` or `/v1/publish` body as a message and call options.
+fn message_request(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<(Message, CallOptions)> {
+    let token = bearer(headers)?;
+    let Value::Object(mut body) = json_body(body)? else {
+        return Err(ApiError::invalid("the body must be a JSON object {\"destination\", \"payload\", ...}"));
+    };
+    let destination = match body.remove("destination") {
+        Some(Value::String(d)) => d,
+        _ => return Err(ApiError::invalid("`destination` (a subject string) is required")),
+    };
+    let mut msg = Message::new(destination, payload_from_json(body.remove("payload").unwrap_or(Value::Null)));
+    match body.remove("headers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(h)) => {
+            for (k, v) in h {
+                let Value::String(v) = v else {
+                    return Err(ApiError::invalid(format!("header {k:?} must be a string")));
+                };
+                msg.headers.push((k, v));
+            }
+        }
+        Some(_) => return Err(ApiError::invalid("`headers` must be an object of strings")),
+    }
+    let timeout = match body.remove("timeout") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_f64() {
+            Some(t) if t.is_finite() && t > 0.0 && t < 86_400.0 => Some(Duration::from_secs_f64(t)),
+            _ => return Err(ApiError::invalid("`timeout` must be a number of seconds above 0")),
+        },
+    };
+    if let Some(p) = body.remove("priority") {
+        msg.priority = p
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| ApiError::invalid("`priority` must be an integer"))?;
+    }
+    if let Some(k) = body.keys().next() {
+        return Err(ApiError::invalid(format!(
+            "unknown field {k:?}: expected destination, payload, headers, timeout, priority"
+        )));
+    }
+    Ok((msg, CallOptions { token, timeout }))
+}
+
+async fn route(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let (msg, opts) = message_request(&headers, body)?;
+    let reply = state.bridge().route(msg, opts).await?;
+    Ok(axum::Json(json!({ "payload": reply.to_json() })).into_response())
+}
+
+async fn publish(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let (msg, opts) = message_request(&headers, body)?;
+    let id = state.bridge().publish(msg, opts).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id.to_string() }))).into_response())
+}
+
+async fn revoke(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    require_admin(&state, &headers, resources::TOKENS)?;
+    let body = json_body(body)?;
+    let token = body
+        .get("token")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::invalid("expected {\"token\": \"<the token to revoke>\"}"))?;
+    state.bridge().revoke(token)?;
+    Ok(axum::Json(json!({ "revoked": true })).into_response())
+}
+
+async fn dead_letters(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult<Response> {
+    require_admin(&state, &headers, resources::DEAD_LETTERS)?;
+    let list: Vec<Value> = state
+        .bridge()
+        .dead_letters()
+        .into_iter()
+        .map(|d| {
+            json!({
+                "id": d.id.to_string(),
+                "message": d.message.to_json(),
+                "error": d.error,
+                "attempts": d.attempts,
+                "failed_at": d.failed_at,
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "dead_letters": list })).into_response())
+}
+
+async fn replay(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
+    require_admin(&state, &headers, resources::REPLAY)?;
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::invalid(format!("{id:?} is not a dead-letter id (a UUID)")))?;
+    state.bridge().replay(id).await?;
+    Ok(axum::Json(json!({ "replayed": id.to_string() })).into_response())
+}

@@ -1,0 +1,201 @@
+//! The listening side: accept loop, connection limit, TLS, slow-client
+//! timeouts, config reload and the graceful drain.
+//!
+//! axum's own `serve` has no header-read timeout, connection limit or TLS,
+//! so connections are served here with hyper directly.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use dreamos_bridge::{BridgeConfig, BridgeError, BridgeManager, ErrorCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::ServiceHub;
+use crate::state::{AppState, ServerOptions};
+
+/// A bridge served over HTTP and WebSocket.
+pub struct Server {
+    state: Arc<AppState>,
+}
+
+/// Refuse a non-loopback address when security is off: without it anyone
+/// who can reach the port could use every route.
+pub fn check_exposure(addr: SocketAddr, config: &BridgeConfig) -> dreamos_bridge::Result<()> {
+    if !addr.ip().is_loopback() && !config.security_enabled() {
+        return Err(BridgeError::config(
+            "bridge.host",
+            format!(
+                "refusing to listen on {addr} without security: it is not a loopback address, so anyone who can reach \
+                 it could use every route; configure `security` (api_keys and roles) or listen on 127.0.0.1"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl Server {
+    /// Serve `bridge` with explicit settings.
+    pub fn new(bridge: BridgeManager, options: ServerOptions) -> Self {
+        Server {
+            state: Arc::new(AppState { hub: ServiceHub::new(bridge), options, closing: CancellationToken::new() }),
+        }
+    }
+
+    /// Serve `bridge` with the settings of its own config (TLS files are read now).
+    pub fn from_bridge(bridge: BridgeManager) -> dreamos_bridge::Result<Self> {
+        let options = ServerOptions::from_config(bridge.config())?;
+        Ok(Self::new(bridge, options))
+    }
+
+    /// The bridge in force.
+    pub fn bridge(&self) -> BridgeManager {
+        self.state.bridge()
+    }
+
+    /// The shared state (hub, options).
+    pub fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+
+    /// The HTTP router.
+    pub fn router(&self) -> axum::Router {
+        crate::api::router(self.state.clone())
+    }
+
+    /// Replace the bridge with `new` (a reloaded config): `new` is
+    /// initialized first, connected services' routes move over, and the
+    /// old bridge drains in the background.
+    pub async fn replace_bridge(&self, new: BridgeManager) -> dreamos_bridge::Result<()> {
+        new.initialize().await?;
+        let old = self.state.hub.replace_bridge(new);
+        let left = old.dead_letters().len();
+        if left > 0 {
+            tracing::warn!(dead_letters = left, "the replaced bridge held dead letters; they are not carried over");
+        }
+        tokio::spawn(async move { old.shutdown().await });
+        Ok(())
+    }
+
+    /// Accept connections on `listener` until `shutdown` completes, then
+    /// drain: stop accepting, let the bridge finish in-flight work within
+    /// its grace period (the rest is answered `SHUTDOWN`), close connected
+    /// services, and wait for responses to be written.
+    pub async fn run(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> dreamos_bridge::Result<()> {
+        let addr = listener
+            .local_addr()
+            .map_err(|e| BridgeError::config("bridge.host", format!("listener has no address: {e}")))?;
+        let bridge = self.state.bridge();
+        check_exposure(addr, bridge.config())?;
+        bridge.initialize().await?;
+        let opts = &self.state.options;
+        let app = self.router();
+        let graceful = GracefulShutdown::new();
+        let slots = Arc::new(Semaphore::new(opts.max_connections));
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout).keep_alive(true);
+        let builder = Arc::new(builder);
+        let tls = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+        tracing::info!(%addr, tls = tls.is_some(), "listening");
+
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = opts.max_connections, "connection limit reached (bridge.max_connections); refusing");
+                tokio::spawn(refuse(stream, tls.is_some()));
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(app.clone());
+            let builder = builder.clone();
+            let watcher = graceful.watcher();
+            let tls = tls.clone();
+            let handshake_timeout = opts.header_read_timeout;
+            tokio::spawn(async move {
+                let _permit = permit;
+                let result = match tls {
+                    None => {
+                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                        watcher.watch(conn).await
+                    }
+                    Some(acceptor) => {
+                        let tls_stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let conn =
+                            builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service).into_owned();
+                        watcher.watch(conn).await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        tracing::info!("shutting down: no new connections; draining in-flight messages");
+        let connections_done = graceful.shutdown();
+        self.state.bridge().shutdown().await;
+        self.state.closing.cancel();
+        if tokio::time::timeout(opts.close_grace, connections_done).await.is_err() {
+            tracing::warn!("some connections did not finish in time; closing them");
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+/// Over the connection limit: a plain-HTTP client gets a 503 it can read; a
+/// TLS one is closed (writing HTTP before a handshake would be garbage to it).
+async fn refuse(mut stream: TcpStream, tls: bool) {
+    if !tls {
+        let body = serde_json::to_string(&BridgeError::new(
+            ErrorCode::ServiceUnavailable,
+            "the server is at its connection limit (bridge.max_connections); retry shortly",
+        ))
+        .unwrap_or_default();
+        let resp = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.write_all(resp.as_bytes())).await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Serve `bridge` on `listener` until `shutdown` completes (settings from
+/// the bridge's config), then drain gracefully.
+pub async fn serve(
+    listener: TcpListener,
+    bridge: BridgeManager,
+    shutdown: impl Future<Output = ()>,
+) -> dreamos_bridge::Result<()> {
+    Server::from_bridge(bridge)?.run(listener, shutdown).await
+}

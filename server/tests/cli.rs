@@ -1,0 +1,216 @@
+//! The `dreamos-bridge` binary: exit codes, hash-key, token inspect, and the
+//! serve lifecycle under real signals (SIGTERM drain, SIGHUP reload).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_dreamos-bridge");
+
+fn tmp(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dreamos-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn check_config_exit_codes() {
+    let good = tmp("good.yaml", "bridge:\n  host: 127.0.0.1\n  port: 8123\n");
+    let out = Command::new(BIN).arg("check-config").arg(&good).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+
+    let bad = tmp("bad.yaml", "bridge:\n  max_connections: many\n");
+    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bridge.max_connections"), "{err}");
+
+    let public = tmp("public.yaml", "bridge:\n  host: 0.0.0.0\n");
+    let out = Command::new(BIN).arg("check-config").arg(&public).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bridge.host"));
+
+    let out = Command::new(BIN).args(["check-config", "/nonexistent.yaml"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn example_config_is_valid() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/bridge.yaml");
+    let out = Command::new(BIN)
+        .args(["check-config", example])
+        .env("DREAMOS_TOKEN_KEY", "0123456789abcdef0123456789abcdef0123456789abcdef")
+        .env("WEATHER_TOKEN", "test-weather-token")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn hash_key_from_arg_and_stdin() {
+    // SHA-256 of "abc".
+    let want = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let out = Command::new(BIN).args(["hash-key", "abc"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    let mut child = Command::new(BIN).arg("hash-key").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"abc\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    let out = Command::new(BIN).args(["hash-key", ""]).output().unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn token_inspect_decodes_without_verifying() {
+    use base64::Engine;
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let token = format!("{}.{}.sig", b64(json!({"alg": "HS256", "kid": "k1"})), b64(json!({"sub": "planner"})));
+    let out = Command::new(BIN).args(["token", "inspect", &token]).output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verified"], false);
+    assert_eq!(v["claims"]["sub"], "planner");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT VERIFIED"));
+    let out = Command::new(BIN).args(["token", "inspect", "garbage"]).output().unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn every_command_has_an_example_in_help() {
+    for cmd in [
+        &["serve"][..],
+        &["check-config"],
+        &["hash-key"],
+        &["token", "inspect"],
+        &["route"],
+        &["dead-letters", "list"],
+        &["dead-letters", "replay"],
+        &["bench"],
+    ] {
+        let out = Command::new(BIN).args(cmd).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Example:"), "{cmd:?} --help has no example:\n{text}");
+    }
+}
+
+struct Served {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_serve(config: &std::path::Path) -> Served {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .args(["--echo", "cli.echo", "--log-format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    Served { child, url }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().unwrap();
+    assert!(ok.success());
+}
+
+async fn route(url: &str, payload: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/route"))
+        .json(&json!({"destination": "cli.echo", "payload": payload}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn sighup_with_a_bad_file_keeps_serving_and_a_good_one_reloads() {
+    let cfg = tmp("reload.yaml", "bridge:\n  host: 127.0.0.1\n  port: 0\nlimits:\n  max_payload_bytes: 100000\n");
+    let mut s = spawn_serve(&cfg);
+    let big = json!("x".repeat(2000));
+    assert_eq!(route(&s.url, big.clone()).await.0, 200);
+    std::fs::write(&cfg, "bridge:\n  max_connections: many\n").unwrap();
+    signal(&s.child, "HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(route(&s.url, big.clone()).await.0, 200, "a bad file must not replace the running config");
+    // A valid file with a smaller payload limit takes effect.
+    std::fs::write(&cfg, "bridge:\n  host: 127.0.0.1\n  port: 0\nlimits:\n  max_payload_bytes: 1000\n").unwrap();
+    signal(&s.child, "HUP");
+    let mut reloaded = false;
+    for _ in 0..100 {
+        let (st, v) = route(&s.url, big.clone()).await;
+        if st == 400 && v["code"] == "INVALID_MESSAGE" {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "the valid config was not applied");
+    assert_eq!(route(&s.url, json!("small")).await.0, 200);
+    signal(&s.child, "TERM");
+    assert!(s.child.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn sigterm_drains_a_request_in_flight() {
+    // A connected service holds the request; SIGTERM arrives; the service answers within the grace period.
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message as Ws;
+    let cfg = tmp("drain.yaml", "bridge:\n  host: 127.0.0.1\n  port: 0\n  shutdown_grace: 10s\n");
+    let mut s = spawn_serve(&cfg);
+    let ws_url = format!("{}/v1/connect", s.url.replace("http://", "ws://"));
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.unwrap();
+    let next = async |ws: &mut tokio_tungstenite::WebSocketStream<_>| loop {
+        if let Some(Ok(Ws::Text(t))) = ws.next().await {
+            return serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap();
+        }
+    };
+    ws.send(Ws::Text(json!({"type": "auth", "credentials": {}}).to_string().into())).await.unwrap();
+    assert_eq!(next(&mut ws).await["type"], "ready");
+    ws.send(Ws::Text(json!({"type": "subscribe", "pattern": "slow.work"}).to_string().into())).await.unwrap();
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    let url = s.url.clone();
+    let call = tokio::spawn(async move {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/v1/route"))
+            .json(&json!({"destination": "slow.work", "payload": 1, "timeout": 20}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<serde_json::Value>().await.unwrap())
+    });
+    let m = next(&mut ws).await;
+    assert_eq!(m["type"], "message");
+    signal(&s.child, "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ws.send(Ws::Text(json!({"type": "reply", "id": m["id"], "payload": "finished"}).to_string().into())).await.unwrap();
+    let (st, v) = call.await.unwrap();
+    assert_eq!((st, v), (200, json!({"payload": "finished"})));
+    assert!(s.child.wait().unwrap().success());
+}
+
+#[test]
+fn serve_refuses_public_address_without_security() {
+    let cfg = tmp("public-serve.yaml", "bridge:\n  host: 0.0.0.0\n  port: 0\n");
+    let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen"));
+}
