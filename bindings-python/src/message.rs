@@ -60,13 +60,14 @@ impl PyMessage {
         let Ok(priority) = priority.map_or(Ok(0), |p| p.extract::<i32>()) else {
             return Err(to_pyerr(py, &BridgeError::invalid("priority must be an int in the 32-bit range")));
         };
+        let timestamp = now_millis();
         Ok(PyMessage {
-            id: Uuid::now_v7(),
+            id: dreamos_bridge::message::new_id(timestamp),
             destination: destination.to_cow()?.into_owned(),
             payload: payload.unwrap_or_else(|| py.None()),
             headers: headers_from_py(py, headers)?,
             source: None,
-            timestamp: now_millis(),
+            timestamp,
             priority,
         })
     }
