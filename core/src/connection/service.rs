@@ -224,6 +224,8 @@ pub(crate) struct ServiceClient {
     timeout: Option<Duration>,
     pub health_check: Option<Url>,
     pub check_timeout: Duration,
+    /// How often active checks run (`monitoring.health_check_interval`).
+    check_interval: Duration,
 }
 
 impl std::fmt::Debug for ServiceClient {
@@ -398,6 +400,7 @@ impl ServiceClient {
             timeout: svc.timeout.map(|t| t.get()),
             health_check,
             check_timeout: connection_timeout.clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            check_interval: cfg.monitoring.health_check_interval.get(),
             base,
         })
     }
@@ -464,6 +467,18 @@ impl ServiceClient {
         let deadline = msg.deadline.unwrap_or_else(|| Instant::now() + self.timeout.unwrap_or(FALLBACK_DEADLINE));
         let Some(client) = self.client() else { return Err(BridgeError::shutdown()) };
         let prepared = self.prepare(route, msg)?;
+        if self.health.check_failed() {
+            return Err(BridgeError::new(
+                ErrorCode::ServiceUnavailable,
+                format!(
+                    "service {:?} failed its last health check; calls are refused until a check passes \
+                     (every {:.1}s)",
+                    self.name,
+                    self.check_interval.as_secs_f64()
+                ),
+            )
+            .with_retry_after(self.check_interval));
+        }
         self.retry.on_request();
         let mut retry = 0u32;
         loop {
