@@ -180,16 +180,20 @@ impl JsBridgeManager {
             Ok(call) => call,
             Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
         };
-        // A JS handler of this very thread runs here, without a thread hop,
-        // when admission needs no waiting.
-        if let Some((func, max_depth)) = direct::handler_here(&call, e) {
-            match call.try_admit() {
-                Ok(None) => {
+        // When admission needs no waiting, a JS handler of this very thread
+        // and a handler that never waits answer here, without a thread hop.
+        match call.try_admit() {
+            Ok(None) => {
+                if let Some((func, max_depth)) = direct::handler_here(&call, e) {
                     return Ok(unknown(e, direct::run(&self.settler, &self.deadlines, e, call, func, max_depth)?));
                 }
-                Ok(Some(_)) => {}
-                Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+                match call.deliver_now() {
+                    Ok(reply) => return Ok(unknown(e, self.settler.ready(e, reply.map(Reply::Payload))?)),
+                    Err(back) => call = back,
+                }
             }
+            Ok(Some(_)) => {}
+            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
         }
         let p = self.settler.promise(e, async move {
             call.admit().await?;

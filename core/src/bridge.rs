@@ -58,6 +58,15 @@ pub trait Handler: Send + Sync + 'static {
     fn as_any(&self) -> Option<&dyn Any> {
         None
     }
+
+    /// Answer at once, on the caller's thread, if this handler never waits
+    /// (a pure computation): `Ok(reply)`. `Err(msg)` hands the message back
+    /// for [`call`](Self::call). Bindings use it (through
+    /// [`Call::deliver_now`]) to settle a call without a trip through the
+    /// runtime; the default never answers at once.
+    fn call_now(&self, msg: Message) -> std::result::Result<Result<Payload>, Message> {
+        Err(msg)
+    }
 }
 
 struct FnHandler<F>(F);
@@ -79,6 +88,44 @@ where
     Fut: Future<Output = Result<Payload>> + Send + 'static,
 {
     Arc::new(FnHandler(f))
+}
+
+struct SyncFnHandler<F>(F);
+
+impl<F> Handler for SyncFnHandler<F>
+where
+    F: Fn(Message) -> Result<Payload> + Send + Sync + 'static,
+{
+    fn call(&self, msg: Message) -> BoxFuture<Result<Payload>> {
+        Box::pin(std::future::ready((self.0)(msg)))
+    }
+
+    fn call_now(&self, msg: Message) -> std::result::Result<Result<Payload>, Message> {
+        Ok((self.0)(msg))
+    }
+}
+
+/// Wrap a closure that never waits as a [`Handler`]. Such a handler is
+/// answered on the caller's thread when the call needs no waiting, which
+/// makes it the cheapest kind of route.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use dreamos_bridge::{BridgeManager, CallOptions, Message, Payload, sync_handler_fn};
+///
+/// let bridge = BridgeManager::new_default();
+/// bridge.initialize().await?;
+/// bridge.register_route("tools.echo", sync_handler_fn(|msg: Message| Ok(msg.payload)))?;
+/// let reply = bridge.route(Message::new("tools.echo", serde_json::json!({"n": 1})), CallOptions::default()).await?;
+/// assert_eq!(reply, Payload::Json(serde_json::json!({"n": 1})));
+/// # Ok::<(), dreamos_bridge::BridgeError>(())
+/// # }).unwrap();
+/// ```
+pub fn sync_handler_fn<F>(f: F) -> Arc<dyn Handler>
+where
+    F: Fn(Message) -> Result<Payload> + Send + Sync + 'static,
+{
+    Arc::new(SyncFnHandler(f))
 }
 
 /// Per-call options.
@@ -511,7 +558,8 @@ impl BridgeManager {
         route.stats.accept();
         acct.route = Some(route.stats.clone());
         let timeout = opts.timeout.or(route.timeout).unwrap_or(inner.config.bridge.request_timeout.get());
-        let deadline = Instant::now() + timeout;
+        // The clock was read when accounting started, microseconds ago.
+        let deadline = acct.started + timeout;
         msg.deadline = Some(deadline);
         Ok(Call { acct, msg, route, principal, deadline, permit: None, admitted: false, rated: false })
     }
@@ -865,6 +913,26 @@ impl Call {
         Ok(wait)
     }
 
+    /// Stage 6–8 without waiting, for an admitted call whose handler can
+    /// answer at once ([`Handler::call_now`]): the reply, accounted for.
+    /// `Err(call)` gives the call back for [`deliver`](Self::deliver).
+    pub fn deliver_now(self) -> std::result::Result<Result<Payload>, Call> {
+        let h = match &self.route.target {
+            // (A zero timeout has no time even for an answer at once.)
+            Target::Handler(h) if self.admitted && self.deadline > self.acct.started => h.clone(),
+            _ => return Err(self),
+        };
+        let Call { mut acct, msg, route, deadline, principal, permit, admitted, rated } = self;
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| h.call_now(msg))) {
+            Ok(Ok(result)) => result,
+            Ok(Err(msg)) => return Err(Call { acct, msg, route, principal, deadline, permit, admitted, rated }),
+            Err(_) => Err(BridgeError::handler("the handler panicked")),
+        };
+        drop(permit);
+        acct.complete(&result);
+        Ok(result)
+    }
+
     /// Stage 6–8: deliver within the deadline and account for the outcome.
     pub async fn deliver(self) -> Result<Payload> {
         // The message moves into the handler: no payload copy on this path.
@@ -950,6 +1018,12 @@ async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Messag
                 _ = inner.cancel.cancelled() => Err(BridgeError::shutdown()),
             };
         }
+    };
+    // A handler that never waits answers here: no future, no timer.
+    let msg = match std::panic::catch_unwind(AssertUnwindSafe(|| h.call_now(msg))) {
+        Ok(Ok(result)) => return result,
+        Ok(Err(msg)) => msg,
+        Err(_) => return Err(BridgeError::handler("the handler panicked")),
     };
     let work = async {
         match AssertUnwindSafe(h.call(msg)).catch_unwind().await {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dreamos_bridge::{BridgeError, BridgeManager, CallOptions, ErrorCode, Message, Payload, handler_fn};
+use dreamos_bridge::{
+    Action, BridgeError, BridgeManager, CallOptions, ErrorCode, Message, Payload, handler_fn, sync_handler_fn,
+};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -97,6 +99,50 @@ async fn handler_errors_and_panics_are_handler_error() {
     let e = b.route(Message::new("h.fail", json!(1)), CallOptions::default()).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (ErrorCode::HandlerError, "boom: bad input"));
     assert_eq!(code(b.route(Message::new("h.panic", json!(1)), CallOptions::default()).await), ErrorCode::HandlerError);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn handlers_that_never_wait_answer_on_the_callers_thread() {
+    let b = running("").await;
+    b.register_route("sync.echo", sync_handler_fn(|m: Message| Ok(m.payload))).unwrap();
+    b.register_route("sync.fail", sync_handler_fn(|_m| Err(BridgeError::handler("no such city")))).unwrap();
+    b.register_route("sync.panic", sync_handler_fn(|_m| panic!("handler bug"))).unwrap();
+    b.register_route("async.echo", echo()).unwrap();
+
+    // Through route(): the same answers as any handler.
+    let reply = b.route(Message::new("sync.echo", json!({"n": 1})), CallOptions::default()).await.unwrap();
+    assert_eq!(reply, Payload::Json(json!({"n": 1})));
+    let e = b.route(Message::new("sync.fail", json!(1)), CallOptions::default()).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (ErrorCode::HandlerError, "no such city"));
+    assert_eq!(
+        code(b.route(Message::new("sync.panic", json!(1)), CallOptions::default()).await),
+        ErrorCode::HandlerError
+    );
+
+    // Staged, as bindings drive it: answered without any await.
+    let mut call = b.begin(Action::Route, Message::new("sync.echo", json!(2)), &CallOptions::default()).unwrap();
+    assert_eq!(call.try_admit().unwrap(), None);
+    assert_eq!(call.deliver_now().unwrap().unwrap(), Payload::Json(json!(2)));
+    let mut call = b.begin(Action::Route, Message::new("sync.panic", json!(2)), &CallOptions::default()).unwrap();
+    call.try_admit().unwrap();
+    assert_eq!(call.deliver_now().unwrap().unwrap_err().code(), ErrorCode::HandlerError);
+
+    // An async handler, or a call not yet admitted, is handed back intact.
+    let call = b.begin(Action::Route, Message::new("async.echo", json!(3)), &CallOptions::default()).unwrap();
+    let mut call = call.deliver_now().expect_err("not admitted yet");
+    call.try_admit().unwrap();
+    let call = call.deliver_now().expect_err("async handlers answer through deliver()");
+    assert_eq!(call.deliver().await.unwrap(), Payload::Json(json!(3)));
+
+    let snap = b.metrics();
+    assert_eq!((snap.routes["sync.echo"].accepted, snap.routes["sync.echo"].ok), (2, 2));
+    assert_eq!(snap.routes["sync.panic"].errors["HANDLER_ERROR"], 2);
+    assert_eq!((snap.routes["async.echo"].accepted, snap.routes["async.echo"].ok), (1, 1));
+    assert_eq!(
+        snap.totals.accepted,
+        snap.totals.ok + snap.totals.failed + snap.totals.rejected + snap.totals.cancelled
+    );
     b.shutdown().await;
 }
 
