@@ -15,7 +15,7 @@ mod watch;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dreamos_bridge::{Action, BridgeConfig, BridgeError, CallOptions, Credentials, Message, Payload};
+use dreamos_bridge::{Action, AnswerNow, BridgeConfig, BridgeError, CallOptions, Credentials, Message, Payload};
 use napi::JsValue as _;
 use napi::bindgen_prelude::{Function, Unknown};
 use napi::{Env, sys};
@@ -188,8 +188,10 @@ impl JsBridgeManager {
                     return Ok(unknown(e, direct::run(&self.settler, &self.deadlines, e, call, func, max_depth)?));
                 }
                 match call.deliver_now() {
-                    Ok(reply) => return Ok(unknown(e, self.settler.ready(e, reply.map(Reply::Payload))?)),
-                    Err(back) => call = back,
+                    AnswerNow::Answered(reply) => {
+                        return Ok(unknown(e, self.settler.ready(e, reply.map(Reply::Payload))?));
+                    }
+                    AnswerNow::Later(back) => call = back,
                 }
             }
             Ok(Some(_)) => {}

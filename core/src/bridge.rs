@@ -60,13 +60,23 @@ pub trait Handler: Send + Sync + 'static {
     }
 
     /// Answer at once, on the caller's thread, if this handler never waits
-    /// (a pure computation): `Ok(reply)`. `Err(msg)` hands the message back
-    /// for [`call`](Self::call). Bindings use it (through
-    /// [`Call::deliver_now`]) to settle a call without a trip through the
-    /// runtime; the default never answers at once.
-    fn call_now(&self, msg: Message) -> std::result::Result<Result<Payload>, Message> {
-        Err(msg)
+    /// (a pure computation); otherwise hand the message back for
+    /// [`call`](Self::call). Bindings use it (through [`Call::deliver_now`])
+    /// to settle a call without a trip through the runtime; the default
+    /// never answers at once.
+    fn call_now(&self, msg: Message) -> AnswerNow<Message> {
+        AnswerNow::Later(msg)
     }
+}
+
+/// An attempt to answer at once: the answer, or what is needed to get it
+/// later (the message for [`Handler::call`], the call for [`Call::deliver`]).
+#[derive(Debug)]
+pub enum AnswerNow<T> {
+    /// Answered on the spot.
+    Answered(Result<Payload>),
+    /// Needs waiting: carry on the usual way with this.
+    Later(T),
 }
 
 struct FnHandler<F>(F);
@@ -100,8 +110,8 @@ where
         Box::pin(std::future::ready((self.0)(msg)))
     }
 
-    fn call_now(&self, msg: Message) -> std::result::Result<Result<Payload>, Message> {
-        Ok((self.0)(msg))
+    fn call_now(&self, msg: Message) -> AnswerNow<Message> {
+        AnswerNow::Answered((self.0)(msg))
     }
 }
 
@@ -914,23 +924,25 @@ impl Call {
     }
 
     /// Stage 6–8 without waiting, for an admitted call whose handler can
-    /// answer at once ([`Handler::call_now`]): the reply, accounted for.
-    /// `Err(call)` gives the call back for [`deliver`](Self::deliver).
-    pub fn deliver_now(self) -> std::result::Result<Result<Payload>, Call> {
+    /// answer at once ([`Handler::call_now`]): the reply, accounted for;
+    /// otherwise the call back, for [`deliver`](Self::deliver).
+    pub fn deliver_now(self) -> AnswerNow<Call> {
         let h = match &self.route.target {
             // (A zero timeout has no time even for an answer at once.)
             Target::Handler(h) if self.admitted && self.deadline > self.acct.started => h.clone(),
-            _ => return Err(self),
+            _ => return AnswerNow::Later(self),
         };
         let Call { mut acct, msg, route, deadline, principal, permit, admitted, rated } = self;
         let result = match std::panic::catch_unwind(AssertUnwindSafe(|| h.call_now(msg))) {
-            Ok(Ok(result)) => result,
-            Ok(Err(msg)) => return Err(Call { acct, msg, route, principal, deadline, permit, admitted, rated }),
+            Ok(AnswerNow::Answered(result)) => result,
+            Ok(AnswerNow::Later(msg)) => {
+                return AnswerNow::Later(Call { acct, msg, route, principal, deadline, permit, admitted, rated });
+            }
             Err(_) => Err(BridgeError::handler("the handler panicked")),
         };
         drop(permit);
         acct.complete(&result);
-        Ok(result)
+        AnswerNow::Answered(result)
     }
 
     /// Stage 6–8: deliver within the deadline and account for the outcome.
@@ -1021,8 +1033,8 @@ async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Messag
     };
     // A handler that never waits answers here: no future, no timer.
     let msg = match std::panic::catch_unwind(AssertUnwindSafe(|| h.call_now(msg))) {
-        Ok(Ok(result)) => return result,
-        Ok(Err(msg)) => msg,
+        Ok(AnswerNow::Answered(result)) => return result,
+        Ok(AnswerNow::Later(msg)) => msg,
         Err(_) => return Err(BridgeError::handler("the handler panicked")),
     };
     let work = async {

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dreamos_bridge::{
-    Action, BridgeError, BridgeManager, CallOptions, ErrorCode, Message, Payload, handler_fn, sync_handler_fn,
+    Action, AnswerNow, BridgeError, BridgeManager, CallOptions, ErrorCode, Message, Payload, handler_fn,
+    sync_handler_fn,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -123,16 +124,18 @@ async fn handlers_that_never_wait_answer_on_the_callers_thread() {
     // Staged, as bindings drive it: answered without any await.
     let mut call = b.begin(Action::Route, Message::new("sync.echo", json!(2)), &CallOptions::default()).unwrap();
     assert_eq!(call.try_admit().unwrap(), None);
-    assert_eq!(call.deliver_now().unwrap().unwrap(), Payload::Json(json!(2)));
+    let AnswerNow::Answered(reply) = call.deliver_now() else { panic!("a sync handler answers at once") };
+    assert_eq!(reply.unwrap(), Payload::Json(json!(2)));
     let mut call = b.begin(Action::Route, Message::new("sync.panic", json!(2)), &CallOptions::default()).unwrap();
     call.try_admit().unwrap();
-    assert_eq!(call.deliver_now().unwrap().unwrap_err().code(), ErrorCode::HandlerError);
+    let AnswerNow::Answered(reply) = call.deliver_now() else { panic!("a sync handler answers at once") };
+    assert_eq!(reply.unwrap_err().code(), ErrorCode::HandlerError);
 
     // An async handler, or a call not yet admitted, is handed back intact.
     let call = b.begin(Action::Route, Message::new("async.echo", json!(3)), &CallOptions::default()).unwrap();
-    let mut call = call.deliver_now().expect_err("not admitted yet");
+    let AnswerNow::Later(mut call) = call.deliver_now() else { panic!("not admitted yet") };
     call.try_admit().unwrap();
-    let call = call.deliver_now().expect_err("async handlers answer through deliver()");
+    let AnswerNow::Later(call) = call.deliver_now() else { panic!("async handlers answer through deliver()") };
     assert_eq!(call.deliver().await.unwrap(), Payload::Json(json!(3)));
 
     let snap = b.metrics();
