@@ -170,6 +170,8 @@ async def test_a_python_handler_served_remotely_answers_another_agent(server: Se
         seen.append((msg.destination, msg.source))
         if msg.destination == "ext.py.fail":
             raise ValueError("tool broke")
+        if msg.destination == "ext.py.bytes":
+            return msg.payload
         if msg.destination == "ext.py.slow":
             await asyncio.sleep(5)
         await asyncio.sleep(0)
@@ -189,7 +191,7 @@ async def test_a_python_handler_served_remotely_answers_another_agent(server: Se
 
     agent = await BridgeManager.connect(server.url, {"api_key": AGENT})
     assert await agent.route("ext.py.sum", [1, 2], headers={"k": "v"}) == {"echo": [1, 2], "headers": {"k": "v"}}
-    assert await agent.route("ext.py.bytes", b"\x07") == {"echo": b"\x07", "headers": {}}
+    assert await agent.route("ext.py.bytes", b"\x07\x00") == b"\x07\x00"
     assert await agent.route("ext.plain", 21) == 42
     with pytest.raises(db.HandlerError) as he:
         await agent.route("ext.py.fail", 0)

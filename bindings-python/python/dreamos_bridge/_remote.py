@@ -55,6 +55,8 @@ class RemoteBridge:
     """A connection to a bridge server; create it with ``await BridgeManager.connect(url, credentials)``."""
 
     __slots__ = ("_n", "_registrations", "__weakref__")
+    _n: _native.Remote
+    _registrations: List[Registration]
 
     def __init__(self) -> None:
         raise TypeError("use `await BridgeManager.connect(url, credentials)`")
