@@ -92,6 +92,27 @@ impl JsBridgeManager {
         Ok(JsBridgeManager { bridge, settler: Settler::new(env)?, deadlines: direct::Deadlines::default(), max_depth })
     }
 
+    /// Connect to a running `dreamos-bridge serve` at `url` instead of
+    /// embedding the engine: a `RemoteBridge` with the same calls and errors.
+    /// `credentials` (`{api_key}` or `{token}` for an OIDC JWT) are exchanged
+    /// for a bridge token, renewed before it expires; omit them for a server
+    /// without security. `options.timeout`: seconds to wait for the server
+    /// (default 10). Agents connected to one server share its rate limits,
+    /// queues, pools and metrics.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "url: string, credentials?: Credentials | null, options?: { timeout?: number }",
+        ts_return_type = "Promise<RemoteBridge>"
+    )]
+    pub fn connect<'e>(
+        env: &'e Env,
+        url: String,
+        credentials: Option<Unknown<'_>>,
+        options: Option<Unknown<'_>>,
+    ) -> napi::Result<napi::bindgen_prelude::PromiseRaw<'e, remote::JsRemoteBridge>> {
+        remote::connect(env, url, credentials, options)
+    }
+
     /// Start the bridge; calls are refused with `SHUTDOWN` until this resolves.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
     pub fn initialize<'e>(&self, env: &'e Env) -> napi::Result<Unknown<'e>> {

@@ -22,70 +22,55 @@ use serde_json::json;
 use crate::convert;
 use crate::handler::JsHandler;
 use crate::settle::{Deferred, Reply, Settler};
-use crate::{JsBridgeManager, call_args, raw, seconds, throw, unknown};
+use crate::{call_args, raw, seconds, throw, unknown};
 
-#[napi]
-impl JsBridgeManager {
-    /// Connect to a running `dreamos-bridge serve` at `url` instead of
-    /// embedding the engine. `credentials` (`{api_key}` or `{token}` for an
-    /// OIDC JWT) are exchanged for a bridge token, renewed before it expires;
-    /// omit them for a server without security. `options.timeout`: seconds to
-    /// wait for the server (default 10). Agents connected to one server share
-    /// its rate limits, queues, pools and metrics.
-    #[napi(
-        catch_unwind,
-        ts_args_type = "url: string, credentials?: Credentials | null, options?: { timeout?: number }",
-        ts_return_type = "Promise<RemoteBridge>"
-    )]
-    pub fn connect<'e>(
-        env: &'e Env,
-        url: String,
-        credentials: Option<Unknown<'_>>,
-        options: Option<Unknown<'_>>,
-    ) -> napi::Result<PromiseRaw<'e, JsRemoteBridge>> {
-        let e = env.raw();
-        let args = (|| -> Result<_, BridgeError> {
-            let creds = match raw(&credentials).filter(|v| !convert::is_nullish(e, *v)) {
-                None => None,
-                Some(v) => {
-                    let v = convert::to_json(e, v, 8)
-                        .map_err(|c| BridgeError::unauthenticated(c.into_bridge("credentials").message()))?;
-                    Some(Credentials::from_json(&v)?)
-                }
-            };
-            let mut opts = ClientOptions::default();
-            if let Some(o) = raw(&options).filter(|v| !convert::is_nullish(e, *v)) {
-                let t = convert::get_named(e, o, "timeout").map_err(|c| c.into_bridge("options.timeout"))?;
-                if !convert::is_nullish(e, t) {
-                    let secs =
-                        convert::to_json(e, t, 1).ok().and_then(|v| v.as_f64()).filter(|s| *s > 0.0).ok_or_else(
-                            || BridgeError::invalid("options.timeout must be seconds (a number above 0)"),
-                        )?;
-                    opts.connect_timeout = seconds(secs)?;
-                }
-            }
-            Ok((creds, opts))
-        })();
-        let fut = async move {
-            let (creds, opts) = args?;
-            match creds {
-                Some(c) => RemoteBridge::connect(&url, &c, opts).await,
-                None => RemoteBridge::connect_anonymous(&url, opts).await,
+/// `BridgeManager.connect` (declared in lib.rs, where the class is).
+pub(crate) fn connect<'e>(
+    env: &'e Env,
+    url: String,
+    credentials: Option<Unknown<'_>>,
+    options: Option<Unknown<'_>>,
+) -> napi::Result<PromiseRaw<'e, JsRemoteBridge>> {
+    let e = env.raw();
+    let args = (|| -> Result<_, BridgeError> {
+        let creds = match raw(&credentials).filter(|v| !convert::is_nullish(e, *v)) {
+            None => None,
+            Some(v) => {
+                let v = convert::to_json(e, v, 8)
+                    .map_err(|c| BridgeError::unauthenticated(c.into_bridge("credentials").message()))?;
+                Some(Credentials::from_json(&v)?)
             }
         };
-        env.spawn_future_with_callback(
-            async move { Ok(fut.await) },
-            |env, r: Result<RemoteBridge, BridgeError>| match r {
-                Ok(remote) => Ok(JsRemoteBridge {
-                    remote,
-                    settler: Settler::new(env)?,
-                    max_depth: Limits::default().max_json_depth,
-                    serving: RefCell::new(None),
-                }),
-                Err(err) => Err(throw(env.raw(), &err)),
-            },
-        )
-    }
+        let mut opts = ClientOptions::default();
+        if let Some(o) = raw(&options).filter(|v| !convert::is_nullish(e, *v)) {
+            let t = convert::get_named(e, o, "timeout").map_err(|c| c.into_bridge("options.timeout"))?;
+            if !convert::is_nullish(e, t) {
+                let secs = convert::to_json(e, t, 1)
+                    .ok()
+                    .and_then(|v| v.as_f64())
+                    .filter(|s| *s > 0.0)
+                    .ok_or_else(|| BridgeError::invalid("options.timeout must be seconds (a number above 0)"))?;
+                opts.connect_timeout = seconds(secs)?;
+            }
+        }
+        Ok((creds, opts))
+    })();
+    let fut = async move {
+        let (creds, opts) = args?;
+        match creds {
+            Some(c) => RemoteBridge::connect(&url, &c, opts).await,
+            None => RemoteBridge::connect_anonymous(&url, opts).await,
+        }
+    };
+    env.spawn_future_with_callback(async move { Ok(fut.await) }, |env, r: Result<RemoteBridge, BridgeError>| match r {
+        Ok(remote) => Ok(JsRemoteBridge {
+            remote,
+            settler: Settler::new(env)?,
+            max_depth: Limits::default().max_json_depth,
+            serving: RefCell::new(None),
+        }),
+        Err(err) => Err(throw(env.raw(), &err)),
+    })
 }
 
 /// A bridge running in a `dreamos-bridge serve` process; from `BridgeManager.connect()`.
