@@ -175,6 +175,15 @@ impl RemoteBridge {
     pub async fn register_route(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<()> {
         self.check_open()?;
         dreamos_bridge::routing::subject::validate_pattern(pattern)?;
+        if self.inner.api.base().starts_with("https://") {
+            // tokio-tungstenite is built without TLS here (its rustls roots feature would add a
+            // second webpki-roots version); say so instead of failing on every reconnect.
+            return Err(BridgeError::config(
+                "url",
+                "serving routes needs the WebSocket session, and this build has no TLS for it (wss://): \
+                 connect to the server over http:// (loopback or a private network), or call only route/publish over https://",
+            ));
+        }
         let session = {
             let mut slot = self.inner.session.lock();
             slot.get_or_insert_with(|| {
