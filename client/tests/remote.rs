@@ -265,10 +265,16 @@ async fn the_session_token_is_renewed_before_it_expires() {
     s.stop().await.unwrap();
 }
 
+/// The server restarts (same address) with a new random token key, so
+/// every token the clients hold is refused: HTTP calls renew theirs on the
+/// 401 and retry, and the WebSocket session reconnects and subscribes again.
 #[tokio::test]
 async fn the_session_comes_back_after_the_server_restarts() {
+    let random_key =
+        config().replace("  signing_keys:\n    - id: k1\n      secret: test-signing-secret-0123456789abcdef0123\n", "");
+    assert!(!random_key.contains("signing_keys"));
     let opts = ClientOptions { reconnect_max: Duration::from_millis(300), ..ClientOptions::default() };
-    let s = TestServer::start(&config(), handlers).await;
+    let s = TestServer::start(&random_key, handlers).await;
     let addr = s.addr;
     let service = RemoteBridge::connect(&s.url, &Credentials::ApiKey(SERVICE.into()), opts).await.unwrap();
     service.register_route("ext.echo.>", handler_fn(|m: Message| async move { Ok(m.payload) })).await.unwrap();
@@ -283,7 +289,7 @@ async fn the_session_comes_back_after_the_server_restarts() {
     let e = service.register_route("ext.late", handler_fn(|m: Message| async move { Ok(m.payload) })).await;
     assert_eq!(e.unwrap_err().code(), ErrorCode::ServiceUnavailable);
 
-    let s = TestServer::start_at(&config(), handlers, addr).await;
+    let s = TestServer::start_at(&random_key, handlers, addr).await;
     let mut reply = None;
     for _ in 0..300 {
         match agent.route(msg("ext.echo.x", json!(3)), Default::default()).await {
@@ -299,6 +305,11 @@ async fn the_session_comes_back_after_the_server_restarts() {
     }
     assert_eq!(reply, Some(Payload::Json(json!(3))));
     assert!(service.session_connections() >= 2);
+    // The agent's old token was refused and replaced without the caller seeing it.
+    assert_ne!(agent.token().unwrap().value, before_restart);
+    let agent_token = agent.token().unwrap();
+    assert_eq!(agent.route(msg("agents.echo", json!(4)), Default::default()).await.unwrap(), Payload::Json(json!(4)));
+    assert_eq!(agent.token().unwrap().value, agent_token.value);
     assert_eq!(service.routes(), vec!["ext.echo.>".to_string()]);
     service.close();
     s.stop().await.unwrap();
