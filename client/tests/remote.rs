@@ -280,6 +280,7 @@ async fn the_session_comes_back_after_the_server_restarts() {
     service.register_route("ext.echo.>", handler_fn(|m: Message| async move { Ok(m.payload) })).await.unwrap();
     let agent = connect(&s, AGENT).await;
     assert_eq!(agent.route(msg("ext.echo.x", json!(1)), Default::default()).await.unwrap(), Payload::Json(json!(1)));
+    let before_restart = agent.token().unwrap().value;
     s.stop().await.unwrap();
     assert_eq!(
         err(agent.route(msg("ext.echo.x", json!(2)), Default::default())).await.code(),
