@@ -41,6 +41,7 @@ mod convert;
 mod errors;
 mod handler;
 mod message;
+mod remote;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -55,6 +56,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handler::Resolver>()?;
     m.add_class::<message::PyMessage>()?;
     m.add_class::<message::PyToken>()?;
+    m.add_class::<remote::PyRemote>()?;
     m.add_function(wrap_pyfunction!(errors::_register_errors, m)?)?;
     m.add_function(wrap_pyfunction!(handler::_register_dispatch, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_after_fork_in_child, m)?)?;

@@ -12,6 +12,7 @@ __all__ = [
     "Resolver",
     "Message",
     "Token",
+    "Remote",
     "_register_errors",
     "_register_dispatch",
     "_after_fork_in_child",
@@ -132,6 +133,51 @@ class Bridge:
     def replay(self, completer: Completer, id: str) -> Any: ...
     def _register_rust_echo(self, pattern: str) -> None: ...
     def _route_naive(self, destination: Union[str, Message], payload: Any) -> "asyncio.Future[Any]": ...
+
+@final
+class Remote:
+    @staticmethod
+    def connect(
+        completer: Completer,
+        url: str,
+        credentials: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> Pending: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def token(self) -> Optional[Token]: ...
+    def is_closed(self) -> bool: ...
+    def route(
+        self,
+        completer: Completer,
+        destination: Union[str, Message],
+        payload: Any,
+        token: Union[Token, str, None] = None,
+        timeout: Optional[float] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Pending: ...
+    def publish(
+        self,
+        completer: Completer,
+        destination: Union[str, Message],
+        payload: Any,
+        token: Union[Token, str, None] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Pending: ...
+    def authenticate(self, completer: Completer, credentials: Any) -> Pending: ...
+    def register_route(
+        self,
+        completer: Completer,
+        pattern: str,
+        func: Callable[[Message], Any],
+        event_loop: Optional[asyncio.AbstractEventLoop],
+    ) -> Pending: ...
+    def unregister_route(self, pattern: str) -> bool: ...
+    def routes(self) -> List[str]: ...
+    def metrics(self, completer: Completer) -> Pending: ...
+    def health(self, completer: Completer) -> Pending: ...
+    def close(self) -> None: ...
 
 def _register_errors(classes: Mapping[str, Type[BaseException]]) -> None: ...
 def _register_dispatch(dispatch: Callable[..., None]) -> None: ...
