@@ -107,7 +107,11 @@ where
     F: Fn(Message) -> Result<Payload> + Send + Sync + 'static,
 {
     fn call(&self, msg: Message) -> BoxFuture<Result<Payload>> {
-        Box::pin(std::future::ready((self.0)(msg)))
+        // The closure runs here, before any caller wraps the future in a
+        // panic guard: guard it here too.
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(msg)))
+            .unwrap_or_else(|_| Err(BridgeError::handler("the handler panicked")));
+        Box::pin(std::future::ready(r))
     }
 
     fn call_now(&self, msg: Message) -> AnswerNow<Message> {
