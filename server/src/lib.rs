@@ -17,6 +17,7 @@ pub mod commands;
 pub mod error;
 pub mod hub;
 pub mod server;
+pub mod signing;
 pub mod state;
 pub mod tls;
 pub mod ws;

@@ -294,6 +294,15 @@ async fn openapi_lists_every_route() {
             );
         }
     }
+    // The message-signature header is documented where it is read.
+    let sig = &doc["components"]["parameters"]["Signature"];
+    assert_eq!(sig["in"], "header");
+    assert!(sig["name"].as_str().unwrap().eq_ignore_ascii_case(dreamos_bridge_server::signing::HEADER));
+    for path in ["/v1/route", "/v1/publish"] {
+        let params = doc["paths"][path]["post"]["parameters"].as_array().expect("parameters");
+        assert!(params.iter().any(|p| p["$ref"] == "#/components/parameters/Signature"), "{path}");
+    }
+    assert_eq!(doc["components"]["schemas"]["MessageRequest"]["properties"]["id"]["format"], "uuid");
     // Nothing documented that the router lacks.
     for (path, item) in paths {
         for method in item.as_object().unwrap().keys() {
