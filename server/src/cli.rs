@@ -123,6 +123,19 @@ pub enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Run a plain HTTP echo service: any POST answers 200 with the request body, any GET 200 "ok".
+    ///
+    /// An upstream for benchmarks and experiments: `make bench-server` routes the bridge and
+    /// nginx to it, to compare the two hops. No auth, no limits: loopback use only.
+    ///
+    /// Example:
+    ///   dreamos-bridge echo-service --listen 127.0.0.1:9000
+    #[command(verbatim_doc_comment)]
+    EchoService {
+        /// Address to listen on (port 0: any free port; the line printed at start names it).
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// `token` subcommands.

@@ -59,6 +59,7 @@ async fn dispatch(command: Command) -> ExitCode {
     match command {
         Command::Serve { config, log_format, echo } => serve(config, log_format, echo).await,
         Command::CheckConfig { file } => check_config(&file).await,
+        Command::EchoService { listen } => echo_service(listen).await,
         Command::HashKey { key } => hash_key(key),
         Command::Token(TokenCommand::Inspect { token }) => inspect(&token),
         Command::Token(TokenCommand::Issue { config, principal, roles, ttl }) => {
@@ -371,6 +372,34 @@ fn issue(config: &Path, principal: &str, roles: &[String], ttl: Option<&str>) ->
         }
         Err(e) => {
             eprintln!("error: {}", e.message());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn echo_service(listen: SocketAddr) -> ExitCode {
+    use axum::routing::any;
+    let app = axum::Router::new().fallback(any(|method: axum::http::Method, body: axum::body::Bytes| async move {
+        let content_type = [(axum::http::header::CONTENT_TYPE, "application/json")];
+        if method == axum::http::Method::GET {
+            (content_type, axum::body::Bytes::from_static(b"\"ok\""))
+        } else {
+            (content_type, body)
+        }
+    }));
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    println!("echo service listening on http://{local}");
+    match axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

@@ -92,6 +92,7 @@ fn every_command_has_an_example_in_help() {
         &["dead-letters", "list"],
         &["dead-letters", "replay"],
         &["bench"],
+        &["echo-service"],
     ] {
         let out = Command::new(BIN).args(cmd).arg("--help").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
