@@ -109,7 +109,8 @@ for r in (d, n, b):
     added = (f"{a50:>11.3f}{a99:>11.3f}") if r is not d else f"{'-':>11}{'-':>11}"
     print(f"{r['label']:<12}{r['throughput']:>9.0f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{added}{r['errors']:>8}")
 def ratio(x, y):
-    return f"{x / y:.2f}" if y > 0 else "n/a (nginx added nothing measurable)"
+    # A negative "added" figure is noise (the hop measured faster than direct in this run).
+    return f"{x / y:.2f}" if y > 0 and x >= 0 else "n/a (an added figure is below zero: noise, run again)"
 print(f"bridge hop / nginx hop: added p50 {ratio(b['p50_ms'] - d['p50_ms'], n['p50_ms'] - d['p50_ms'])}, "
       f"added p99 {ratio(b['p99_ms'] - d['p99_ms'], n['p99_ms'] - d['p99_ms'])}, "
       f"throughput {b['throughput'] / n['throughput']:.2f}x nginx's")
