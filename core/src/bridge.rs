@@ -939,13 +939,22 @@ impl Call {
 async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Message) -> Result<Payload> {
     let span =
         tracing::debug_span!("bridge.deliver", id = %msg.id, destination = %msg.destination, route = %route.pattern);
+    let h = match &route.target {
+        Target::Handler(h) => h,
+        Target::Service(s) => {
+            // The connection manager keeps the deadline itself (pool wait,
+            // every attempt, backoff): a second timer here would only cost.
+            return tokio::select! {
+                biased;
+                r = inner.connections.deliver(s, &msg).instrument(span) => r,
+                _ = inner.cancel.cancelled() => Err(BridgeError::shutdown()),
+            };
+        }
+    };
     let work = async {
-        match &route.target {
-            Target::Handler(h) => match AssertUnwindSafe(h.call(msg)).catch_unwind().await {
-                Ok(r) => r,
-                Err(_) => Err(BridgeError::handler("the handler panicked")),
-            },
-            Target::Service(s) => inner.connections.deliver(s, &msg).await,
+        match AssertUnwindSafe(h.call(msg)).catch_unwind().await {
+            Ok(r) => r,
+            Err(_) => Err(BridgeError::handler("the handler panicked")),
         }
     };
     tokio::select! {
