@@ -36,6 +36,7 @@
 //! and `catch_unwind` on every spawned future turn it into `INTERNAL`).
 
 mod bridge;
+mod cli;
 mod completer;
 mod convert;
 mod errors;
@@ -57,6 +58,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<message::PyMessage>()?;
     m.add_class::<message::PyToken>()?;
     m.add_class::<remote::PyRemote>()?;
+    m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_register_errors, m)?)?;
     m.add_function(wrap_pyfunction!(handler::_register_dispatch, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_after_fork_in_child, m)?)?;
