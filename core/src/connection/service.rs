@@ -9,6 +9,7 @@
 //! forwarded blindly: only `x-` headers pass, never one that carries the
 //! service's credentials.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -150,8 +151,16 @@ pub struct ServiceRoute {
     pub method: Method,
     template: PathTemplate,
     prefix_len: usize,
+    /// Subject → URL for recent subjects: building a URL (render, percent-
+    /// encode, check) costs more than the rest of the bridge's work per
+    /// request, and agents call the same few subjects over and over.
+    urls: RwLock<HashMap<String, Url, foldhash::fast::RandomState>>,
     pub(crate) client: Arc<ServiceClient>,
 }
+
+/// Subjects whose URL a route remembers; past that the memory starts over
+/// (a bound, not an LRU: a route with that many live subjects gains little).
+const URL_CACHE: usize = 1024;
 
 impl std::fmt::Debug for ServiceRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -192,6 +201,7 @@ impl ServiceRoute {
             method,
             template,
             prefix_len: literal_prefix_len(&route.pattern),
+            urls: RwLock::default(),
             client,
         })
     }
@@ -199,7 +209,16 @@ impl ServiceRoute {
     /// The URL a message to `subject` goes to; refuses anything that would
     /// leave the service's origin or base path.
     pub fn url_for(&self, subject: &str) -> Result<Url> {
-        self.client.url_for(&self.template.render(subject, self.prefix_len))
+        if let Some(url) = self.urls.read().get(subject) {
+            return Ok(url.clone());
+        }
+        let url = self.client.url_for(&self.template.render(subject, self.prefix_len))?;
+        let mut urls = self.urls.write();
+        if urls.len() >= URL_CACHE {
+            urls.clear();
+        }
+        urls.insert(subject.to_string(), url.clone());
+        Ok(url)
     }
 }
 
@@ -629,24 +648,25 @@ impl ServiceClient {
         if let Err(e) = self.credentials.apply(&mut headers, deadline).await {
             return Err(Failure::Credentials(e.error, e.retryable));
         }
-        // A new span id per attempt; the value is built into one String and
-        // handed to the header without another copy.
+        // A new span id per attempt.
         let span_id = random_nonzero(rand::random::<u64>);
-        let traceparent = format!("00-{:032x}-{span_id:016x}-{:02x}", req.trace_id, req.flags);
-        if let Ok(tp) = HeaderValue::try_from(traceparent) {
+        if let Ok(tp) = HeaderValue::from_bytes(&traceparent(req.trace_id, span_id, req.flags)) {
             headers.insert(HeaderName::from_static("traceparent"), tp);
         }
         let exchange_deadline = match self.timeout {
             Some(t) => deadline.min(Instant::now() + t),
             None => deadline,
         };
-        let mut builder = client.request(req.method.clone(), req.url.clone()).headers(headers);
+        // A Request built in place: the header map moves in whole instead of
+        // being merged header by header as RequestBuilder::headers does.
+        let mut request = reqwest::Request::new(req.method.clone(), req.url.clone());
+        *request.headers_mut() = headers;
         if let Some(b) = &req.body {
-            builder = builder.body(b.clone());
+            *request.body_mut() = Some(b.clone().into());
         }
         tracing::debug!(service = %self.name, method = %req.method, path = %req.url.path(), "sending");
         let exchange = async {
-            let resp = builder.send().await.map_err(|e| {
+            let resp = client.execute(request).await.map_err(|e| {
                 if e.is_connect() {
                     self.stats.connection_error();
                     Failure::Connect(describe_reqwest(&e))
@@ -825,6 +845,22 @@ pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
     }
 }
 
+/// `00-<trace id>-<span id>-<flags>` in lower-case hex, without the
+/// formatting machinery (this runs on every request).
+fn traceparent(trace_id: u128, span_id: u64, flags: u8) -> [u8; 55] {
+    fn hex(out: &mut [u8], mut v: u128) {
+        for b in out.iter_mut().rev() {
+            *b = b"0123456789abcdef"[(v & 0xf) as usize];
+            v >>= 4;
+        }
+    }
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex(&mut out[3..35], trace_id);
+    hex(&mut out[36..52], u128::from(span_id));
+    hex(&mut out[53..55], u128::from(flags));
+    out
+}
+
 fn random_nonzero<T: PartialEq + Default>(mut draw: impl FnMut() -> T) -> T {
     loop {
         let v = draw();
@@ -949,6 +985,14 @@ mod tests {
         {
             assert!(PathTemplate::parse(bad, 3).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn traceparent_formatting() {
+        let tp = traceparent(0x4bf92f3577b34da6a3ce929d0e0e4736, 0x00f067aa0ba902b7, 1);
+        assert_eq!(&tp[..], b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let tp = traceparent(1, u64::MAX, 0);
+        assert_eq!(&tp[..], b"00-00000000000000000000000000000001-ffffffffffffffff-00");
     }
 
     #[test]
