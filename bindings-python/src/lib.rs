@@ -36,6 +36,7 @@
 //! and `catch_unwind` on every spawned future turn it into `INTERNAL`).
 
 mod bridge;
+mod capi;
 mod completer;
 mod convert;
 mod errors;
@@ -51,12 +52,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::PyBridge>()?;
     m.add_class::<bridge::Direct>()?;
     m.add_class::<completer::Completer>()?;
-    m.add_class::<completer::Pending>()?;
+    m.add_class::<completer::Abort>()?;
     m.add_class::<handler::Resolver>()?;
     m.add_class::<message::PyMessage>()?;
     m.add_class::<message::PyToken>()?;
     m.add_function(wrap_pyfunction!(errors::_register_errors, m)?)?;
     m.add_function(wrap_pyfunction!(handler::_register_dispatch, m)?)?;
+    m.add_function(wrap_pyfunction!(completer::_register_future_types, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_shutdown_runtime, m)?)?;
     m.add("ERROR_CODES", dreamos_bridge::ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>())?;
