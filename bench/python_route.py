@@ -84,6 +84,19 @@ async def timed(fn: Callable[[], Awaitable[None]]) -> float:
     return statistics.median(times)
 
 
+async def timed_pair(ours: Callable[[], Awaitable[None]], peer: Callable[[], Awaitable[None]]) -> "tuple[float, float]":
+    """Median times of `ours` and `peer`, rounds interleaved so that a change in
+    the machine's load hits both alike."""
+    a: List[float] = []
+    b: List[float] = []
+    for _ in range(ROUNDS):
+        for fn, out in ((ours, a), (peer, b)):
+            t0 = time.perf_counter()
+            await fn()
+            out.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
+
+
 def row(label: str, ours: float, peer: float, peer_label: str, n: int) -> None:
     print(
         f"  {label:<44} dreamos_bridge {ours / n * 1e6:8.2f} us/call {n / ours:>10,.0f}/s   "
@@ -117,7 +130,7 @@ async def bench_python_handler() -> None:
     for _ in range(2):  # warm up
         await seq_bridge()
         await seq_pure()
-    row(f"sequential ({n:,} calls)", await timed(seq_bridge), await timed(seq_pure), "pure asyncio", n)
+    row(f"sequential ({n:,} calls)", *await timed_pair(seq_bridge, seq_pure), "pure asyncio", n)
 
     c, batches = 1000, 10
 
@@ -131,7 +144,7 @@ async def bench_python_handler() -> None:
 
     await conc_bridge()
     await conc_pure()
-    row(f"1,000 concurrent (x{batches})", await timed(conc_bridge), await timed(conc_pure), "pure asyncio", c * batches)
+    row(f"1,000 concurrent (x{batches})", *await timed_pair(conc_bridge, conc_pure), "pure asyncio", c * batches)
     await bridge.shutdown()
 
 
@@ -139,23 +152,25 @@ async def bench_rust_echo() -> None:
     print("2. Rust-side echo target, 1,000 concurrent: bridge vs plain future_into_py (goal >= 150,000/s, 10x)")
     bridge = BridgeManager()
     await bridge.initialize()
-    bridge._n._register_rust_echo("rust.echo")
+    bridge._n._register_rust_echo("rust.echo")  # handler_sync: answers without a future
+    bridge._n._register_rust_echo("rust.aecho", asynchronous=True)  # handler_fn: an async block
     payload = {"text": "hello", "n": 1}
     c, batches = 1000, 10
+    for dest, label in (("rust.echo", "sync Rust handler"), ("rust.aecho", "async Rust handler")):
 
-    async def ours() -> None:
-        for _ in range(batches):
-            await asyncio.gather(*[bridge.route("rust.echo", payload) for _ in range(c)])
+        async def ours() -> None:
+            for _ in range(batches):
+                await asyncio.gather(*[bridge.route(dest, payload) for _ in range(c)])
 
-    async def naive() -> None:
-        for _ in range(batches):
-            await asyncio.gather(*[bridge._n._route_naive("rust.echo", payload) for _ in range(c)])
+        async def naive() -> None:
+            for _ in range(batches):
+                await asyncio.gather(*[bridge._n._route_naive(dest, payload) for _ in range(c)])
 
-    await ours()
-    await naive()
-    t_ours, t_naive = await timed(ours), await timed(naive)
-    row(f"1,000 concurrent (x{batches})", t_ours, t_naive, "future_into_py", c * batches)
-    print(f"  -> {c * batches / t_ours:,.0f} routes/s, {t_naive / t_ours:.1f}x the naive binding")
+        await ours()
+        await naive()
+        t_ours, t_naive = await timed_pair(ours, naive)
+        row(f"{label}, 1,000 concurrent (x{batches})", t_ours, t_naive, "future_into_py", c * batches)
+        print(f"  -> {c * batches / t_ours:,.0f} routes/s, {t_naive / t_ours:.1f}x the naive binding")
     await bridge.shutdown()
 
 
@@ -248,7 +263,7 @@ async def run_http(port: int) -> None:
         assert await one() == reply
         await ours()
         await peer()
-        t_ours, t_peer = await timed(ours), await timed(peer)
+        t_ours, t_peer = await timed_pair(ours, peer)
         row(f"32 concurrent (x{batches})", t_ours, t_peer, "aiohttp", c * batches)
         print(f"  -> throughput {t_peer / t_ours:.2f}x aiohttp's")
     await bridge.shutdown()

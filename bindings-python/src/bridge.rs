@@ -1,18 +1,14 @@
 //! The native `Bridge`: converts arguments, calls the engine, maps errors.
 //!
-//! Every method that may wait takes the caller's [`Completer`] and returns
-//! one of three things, which `dreamos_bridge/__init__.py` tells apart by type:
-//!
-//! - the result itself, when the engine finished during the first poll,
-//!   made on the caller's thread (validate, authenticate, authorize, resolve
-//!   and admit never wait, and an in-process Rust handler usually answers at
-//!   once): no thread hop, no future;
-//! - a [`Direct`] call, when the route resolved to a Python handler living on
-//!   the caller's own loop and admission succeeded at once: Python calls the
-//!   handler itself and reports the outcome with `finish`/`fail`;
-//! - a pending future, when the work has to wait (admission queue, HTTP, a
-//!   handler on another loop): the work runs on tokio and its result comes
-//!   back through the loop's batched completer.
+//! Every method that may wait takes the caller's [`Completer`]. `route`
+//! returns a `_Reply` future (see `completer.rs`): already completed when the
+//! engine answered on the caller's thread (validate, authenticate,
+//! authorize, resolve and admit never wait; a Python handler on this loop
+//! that does not suspend, or a Rust handler, answers at once), pending when
+//! tokio has the work (admission queue, HTTP, a handler on another loop);
+//! or a [`Direct`] when a Python handler on this loop suspended, for Python
+//! to finish. The other methods return the result itself when it came at
+//! once, else a pending future.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -22,7 +18,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use dreamos_bridge::bridge::Call;
-use dreamos_bridge::{Action, BridgeConfig, BridgeError, BridgeManager, CallOptions, Credentials, Payload, handler_fn};
+use dreamos_bridge::{
+    Action, BridgeConfig, BridgeError, BridgeManager, CallOptions, Credentials, Payload, handler_fn, handler_sync,
+};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyException;
@@ -248,12 +246,19 @@ impl PyBridge {
             .and_then(|a| a.downcast_ref::<PyHandler>())
             .filter(|h| h.runs_on(c.loop_ptr))
             .map(|h| h.func.clone_ref(py));
-        if let Some(func) = local {
-            match call.try_admit() {
-                Ok(None) => return self.call_here(py, c, call, func, py_payload),
-                Ok(Some(_)) => {}
-                Err(e) => return Err(to_pyerr(py, &e)),
+        match call.try_admit() {
+            Ok(None) => {
+                if let Some(func) = local {
+                    return self.call_here(py, c, call, func, py_payload);
+                }
+                // A Rust handler that answers at once: no future to poll.
+                match call.try_deliver() {
+                    Ok(r) => return ready(py, c, conv_result(py, r, conv_payload)),
+                    Err(back) => call = back,
+                }
             }
+            Ok(Some(_)) => {} // admission must wait: admit() below does
+            Err(e) => return Err(to_pyerr(py, &e)),
         }
         run_or_spawn(
             py,
@@ -543,9 +548,17 @@ impl PyBridge {
         })
     }
 
-    /// Bench/test only: route `pattern` to a Rust handler that echoes the payload.
-    fn _register_rust_echo(&self, py: Python<'_>, pattern: &str) -> PyResult<()> {
-        let h = handler_fn(|msg: dreamos_bridge::Message| async move { Ok(msg.payload) });
+    /// Bench/test only: route `pattern` to a Rust handler that echoes the
+    /// payload: synchronous (`handler_sync`, answered through
+    /// `Call::try_deliver`) or, with `asynchronous`, an async `handler_fn`
+    /// (polled once inline).
+    #[pyo3(signature = (pattern, asynchronous = false))]
+    fn _register_rust_echo(&self, py: Python<'_>, pattern: &str, asynchronous: bool) -> PyResult<()> {
+        let h = if asynchronous {
+            handler_fn(|msg: dreamos_bridge::Message| async move { Ok(msg.payload) })
+        } else {
+            handler_sync(|msg: dreamos_bridge::Message| Ok(msg.payload))
+        };
         self.bridge.register_route(pattern, h).map_err(|e| to_pyerr(py, &e))
     }
 

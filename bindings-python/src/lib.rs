@@ -10,23 +10,28 @@
 //! 1. **Stages that never wait run on the caller's thread.** `route` calls the
 //!    core's staged API: `BridgeManager::begin` (validate, authenticate,
 //!    authorize, resolve) and `Call::try_admit` are synchronous.
-//! 2. **Python handlers on the caller's loop are called by Python.** When the
-//!    resolved handler is a `PyHandler` registered on the loop the caller runs
-//!    in and admission succeeded at once, `route` returns a `Direct` object;
-//!    `dreamos_bridge/__init__.py` calls the function (awaiting it if it is a
-//!    coroutine, under the call's deadline) and reports the outcome with
-//!    `Call::finish`, so metrics and limits work as for any other call.
-//! 3. **Everything else is polled once inline.** The rest of the call
-//!    (`admit` + `deliver`, or `publish`, `initialize`, ...) is polled once on
-//!    the caller's thread with the GIL released and the runtime entered; a
-//!    Rust handler usually answers right there, and the result is returned
-//!    with no future at all (the `experimental-async` measurement of ~2 us).
-//! 4. **What must wait goes to tokio and comes back in batches.** A pending
+//! 2. **Python handlers on the caller's loop are called right here.** When
+//!    the resolved handler is a `PyHandler` registered on the loop the caller
+//!    runs in and admission succeeded at once, `route` calls the function
+//!    and steps a coroutine once (`capi::send_none`); if it returned, the
+//!    outcome goes to `Call::finish` (metrics and limits work as for any
+//!    other call). Only a handler that suspends is handed to Python as a
+//!    `Direct`, which runs the rest in a task under the call's deadline.
+//! 3. **Rust handlers answer inline.** A synchronous one (`handler_sync`)
+//!    through `Call::try_deliver`, with no future at all; anything else
+//!    (`admit` + `deliver`, or `publish`, `initialize`, ...) is polled once
+//!    on the caller's thread with the GIL released and the runtime entered,
+//!    and usually finishes there.
+//! 4. **`route` returns an `asyncio.Future`**, already completed when the
+//!    answer came inline (errors too), so `await` returns at once and
+//!    `asyncio.gather` uses it as it is instead of wrapping a coroutine in a
+//!    task (the package's `_Reply`, also a `Coroutine` for `create_task`).
+//! 5. **What must wait goes to tokio and comes back in batches.** A pending
 //!    future is spawned on the process's runtime; its result is pushed to the
 //!    caller loop's `Completer` (a queue plus a socket pair registered with
 //!    `loop.add_reader`): one wake-up drains every result that finished
 //!    meanwhile, instead of one `call_soon_threadsafe` per future.
-//! 5. **Python handlers reached from tokio** (publish's background delivery,
+//! 6. **Python handlers reached from tokio** (publish's background delivery,
 //!    callers on another loop) are scheduled on their own loop with
 //!    `call_soon_threadsafe`; the engine dropping the call cancels the task.
 //!

@@ -58,6 +58,15 @@ pub trait Handler: Send + Sync + 'static {
     fn as_any(&self) -> Option<&dyn Any> {
         None
     }
+
+    /// Answer at once, without a future, if this handler can: `Ok(reply)`,
+    /// or `Err(msg)` to hand the message back for [`call`](Self::call) (the
+    /// default). [`Call::try_deliver`] uses it so that a caller outside any
+    /// async runtime (a binding's event-loop thread) gets a synchronous
+    /// handler's reply with no task, timer or boxed future.
+    fn try_call(&self, msg: Message) -> std::result::Result<Result<Payload>, Message> {
+        Err(msg)
+    }
 }
 
 struct FnHandler<F>(F);
@@ -70,6 +79,35 @@ where
     fn call(&self, msg: Message) -> BoxFuture<Result<Payload>> {
         Box::pin((self.0)(msg))
     }
+}
+
+struct SyncFnHandler<F>(F);
+
+impl<F> Handler for SyncFnHandler<F>
+where
+    F: Fn(Message) -> Result<Payload> + Send + Sync + 'static,
+{
+    fn call(&self, msg: Message) -> BoxFuture<Result<Payload>> {
+        // The closure runs here, before the engine wraps the future in its
+        // panic guard: catch a panic here too.
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(msg)))
+            .unwrap_or_else(|_| Err(BridgeError::handler("the handler panicked")));
+        Box::pin(std::future::ready(r))
+    }
+
+    fn try_call(&self, msg: Message) -> std::result::Result<Result<Payload>, Message> {
+        Ok((self.0)(msg))
+    }
+}
+
+/// Wrap a closure that answers without waiting as a [`Handler`]; callers
+/// that can (bindings, through [`Call::try_deliver`]) get its reply with no
+/// future at all.
+pub fn handler_sync<F>(f: F) -> Arc<dyn Handler>
+where
+    F: Fn(Message) -> Result<Payload> + Send + Sync + 'static,
+{
+    Arc::new(SyncFnHandler(f))
 }
 
 /// Wrap an async closure as a [`Handler`].
@@ -873,6 +911,30 @@ impl Call {
         drop(permit);
         acct.complete(&result);
         result
+    }
+
+    /// Stages 6–8 without waiting, for an admitted call whose handler can
+    /// answer at once ([`Handler::try_call`]): `Ok(result)`, accounted as
+    /// [`deliver`](Self::deliver) would; `Err(call)` gives the call back
+    /// untouched for [`deliver`](Self::deliver) (not admitted yet, an HTTP
+    /// service, or a handler that needs to wait). A panicking handler
+    /// becomes `HANDLER_ERROR`, as in `deliver`.
+    pub fn try_deliver(self) -> std::result::Result<Result<Payload>, Call> {
+        let Call { mut acct, msg, route, principal, deadline, permit, admitted, rated } = self;
+        let Target::Handler(h) = &route.target else {
+            return Err(Call { acct, msg, route, principal, deadline, permit, admitted, rated });
+        };
+        if !admitted {
+            return Err(Call { acct, msg, route, principal, deadline, permit, admitted, rated });
+        }
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| h.try_call(msg))) {
+            Ok(Ok(r)) => r,
+            Ok(Err(msg)) => return Err(Call { acct, msg, route, principal, deadline, permit, admitted, rated }),
+            Err(_) => Err(BridgeError::handler("the handler panicked")),
+        };
+        drop(permit);
+        acct.complete(&result);
+        Ok(result)
     }
 
     /// For bindings that ran the handler themselves (e.g. a Python handler

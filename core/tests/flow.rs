@@ -413,3 +413,47 @@ async fn cancelled_caller_frees_its_queue_slot() {
     assert_eq!(r.unwrap(), Payload::Json(json!("next")));
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn sync_handlers_answer_through_try_deliver_without_a_future() {
+    use dreamos_bridge::{Action, handler_sync};
+    let b = BridgeManager::new_default();
+    b.initialize().await.unwrap();
+    b.register_route("agents.sync", handler_sync(|m: Message| Ok(m.payload))).unwrap();
+    b.register_route("agents.async", echo()).unwrap();
+    b.register_route(
+        "agents.panics",
+        handler_sync(|m: Message| if m.destination.is_empty() { Ok(m.payload) } else { panic!("deliberate") }),
+    )
+    .unwrap();
+    let opts = CallOptions::default();
+
+    // The staged path: admitted at once, answered at once.
+    let mut call = b.begin(Action::Route, Message::new("agents.sync", json!({"a": 1})), &opts).unwrap();
+    assert_eq!(call.try_admit().unwrap(), None);
+    let reply = call.try_deliver().expect("a sync handler answers at once").unwrap();
+    assert_eq!(reply, Payload::Json(json!({"a": 1})));
+
+    // Not admitted yet, or an async handler: the call comes back untouched
+    // and delivers normally.
+    let call = b.begin(Action::Route, Message::new("agents.sync", json!(2)), &opts).unwrap();
+    let mut call = call.try_deliver().expect_err("not admitted: handed back");
+    call.admit().await.unwrap();
+    let mut async_call = b.begin(Action::Route, Message::new("agents.async", json!(3)), &opts).unwrap();
+    async_call.try_admit().unwrap();
+    let async_call = async_call.try_deliver().expect_err("async handler: handed back");
+    assert_eq!(async_call.deliver().await.unwrap(), Payload::Json(json!(3)));
+    assert_eq!(call.try_deliver().unwrap().unwrap(), Payload::Json(json!(2)));
+
+    // A panic is HANDLER_ERROR, on both paths; the bridge keeps working.
+    let mut call = b.begin(Action::Route, Message::new("agents.panics", json!(4)), &opts).unwrap();
+    call.try_admit().unwrap();
+    assert_eq!(code(call.try_deliver().unwrap()), ErrorCode::HandlerError);
+    assert_eq!(code(b.route(Message::new("agents.panics", json!(5)), opts.clone()).await), ErrorCode::HandlerError);
+    // And through the async API a sync handler works as any other.
+    assert_eq!(b.route(Message::new("agents.sync", json!(6)), opts.clone()).await.unwrap(), Payload::Json(json!(6)));
+
+    let t = b.metrics().totals;
+    assert_eq!((t.accepted, t.ok, t.failed, t.cancelled, t.in_flight), (6, 4, 2, 0, 0));
+    b.shutdown().await;
+}

@@ -108,29 +108,40 @@ def _dispatch(func: Handler, msg: Message, resolver: Any) -> None:
 
 _completers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
 _completers_lock = threading.Lock()
-_tls = threading.local()
+
+
+class _NoLoop:
+    _thread_id = None
+
+
+class _Local(threading.local):
+    # (loop, completer): the loop this thread used last. Only loops with
+    # asyncio's `_thread_id` (BaseEventLoop) are cached; others take the slow path.
+    pair: "tuple[Any, Any]" = (_NoLoop, None)
+
+
+_tls = _Local()
 
 
 def _completer() -> Any:
     """The running loop's completer (None outside a running loop)."""
-    cached = getattr(_tls, "pair", None)
+    loop, c = _tls.pair
     # The loop this thread used last is the running one if it runs on this
     # thread (one loop at a time per thread): asyncio's get_running_loop()
     # makes a getpid() system call each time, this check does not.
-    if cached is not None and getattr(cached[0], "_thread_id", None) == _get_ident():
-        return cached[1]
+    if loop._thread_id == _get_ident():
+        return c
     loop = _get_running_loop()
     if loop is None:
         return None
-    if cached is not None and cached[0] is loop:
-        return cached[1]
     with _completers_lock:
         c = _completers.get(loop)
         if c is None:
             c = _native.Completer(loop)
             loop.add_reader(c.fileno(), c._drain)
             _completers[loop] = c
-    _tls.pair = (loop, c)
+    if hasattr(loop, "_thread_id"):
+        _tls.pair = (loop, c)
     return c
 
 
@@ -138,7 +149,7 @@ def _after_fork_in_child() -> None:
     global _tls, _completers, _completers_lock
     _native._after_fork_in_child()
     # The parent's socket pairs are shared with it: start afresh.
-    _tls = threading.local()
+    _tls = _Local()
     _completers = weakref.WeakKeyDictionary()
     _completers_lock = threading.Lock()
 
@@ -370,10 +381,8 @@ class BridgeManager:
         Outside a running loop it returns a coroutine that makes the call
         when it runs.
         """
-        pair = getattr(_tls, "pair", None)  # _completer()'s fast path, inlined
-        if pair is not None and getattr(pair[0], "_thread_id", None) == _get_ident():
-            c = pair[1]
-        else:
+        loop, c = _tls.pair  # _completer()'s fast path, inlined
+        if loop._thread_id != _get_ident():
             c = _completer()
             if c is None:
                 return self._route_later(destination, payload, token, timeout, headers)
