@@ -254,7 +254,7 @@ impl PyBridge {
                 // A Rust handler that answers at once: no future to poll.
                 match call.try_deliver() {
                     Ok(r) => return ready(py, c, conv_result(py, r, conv_payload)),
-                    Err(back) => call = back,
+                    Err(back) => call = *back,
                 }
             }
             Ok(Some(_)) => {} // admission must wait: admit() below does

@@ -59,14 +59,23 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 
-    /// Answer at once, without a future, if this handler can: `Ok(reply)`,
-    /// or `Err(msg)` to hand the message back for [`call`](Self::call) (the
-    /// default). [`Call::try_deliver`] uses it so that a caller outside any
-    /// async runtime (a binding's event-loop thread) gets a synchronous
-    /// handler's reply with no task, timer or boxed future.
-    fn try_call(&self, msg: Message) -> std::result::Result<Result<Payload>, Message> {
-        Err(msg)
+    /// Answer at once, without a future, if this handler can; the default
+    /// hands the message back for [`call`](Self::call). [`Call::try_deliver`]
+    /// uses it so that a caller outside any async runtime (a binding's
+    /// event-loop thread) gets a synchronous handler's reply with no task,
+    /// timer or boxed future.
+    fn try_call(&self, msg: Message) -> TryCall {
+        TryCall::Later(msg)
     }
+}
+
+/// What [`Handler::try_call`] did with a message.
+#[derive(Debug)]
+pub enum TryCall {
+    /// The handler answered.
+    Answered(Result<Payload>),
+    /// The handler has to wait: deliver the message with [`Handler::call`].
+    Later(Message),
 }
 
 struct FnHandler<F>(F);
@@ -95,8 +104,8 @@ where
         Box::pin(std::future::ready(r))
     }
 
-    fn try_call(&self, msg: Message) -> std::result::Result<Result<Payload>, Message> {
-        Ok((self.0)(msg))
+    fn try_call(&self, msg: Message) -> TryCall {
+        TryCall::Answered((self.0)(msg))
     }
 }
 
@@ -919,17 +928,17 @@ impl Call {
     /// untouched for [`deliver`](Self::deliver) (not admitted yet, an HTTP
     /// service, or a handler that needs to wait). A panicking handler
     /// becomes `HANDLER_ERROR`, as in `deliver`.
-    pub fn try_deliver(self) -> std::result::Result<Result<Payload>, Call> {
-        let Call { mut acct, msg, route, principal, deadline, permit, admitted, rated } = self;
-        let Target::Handler(h) = &route.target else {
-            return Err(Call { acct, msg, route, principal, deadline, permit, admitted, rated });
+    pub fn try_deliver(self) -> std::result::Result<Result<Payload>, Box<Call>> {
+        let handler = match &self.route.target {
+            Target::Handler(h) if self.admitted => h.clone(),
+            _ => return Err(Box::new(self)),
         };
-        if !admitted {
-            return Err(Call { acct, msg, route, principal, deadline, permit, admitted, rated });
-        }
-        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| h.try_call(msg))) {
-            Ok(Ok(r)) => r,
-            Ok(Err(msg)) => return Err(Call { acct, msg, route, principal, deadline, permit, admitted, rated }),
+        let Call { mut acct, msg, route, principal, deadline, permit, admitted, rated } = self;
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.try_call(msg))) {
+            Ok(TryCall::Answered(r)) => r,
+            Ok(TryCall::Later(msg)) => {
+                return Err(Box::new(Call { acct, msg, route, principal, deadline, permit, admitted, rated }));
+            }
             Err(_) => Err(BridgeError::handler("the handler panicked")),
         };
         drop(permit);
