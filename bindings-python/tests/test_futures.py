@@ -117,6 +117,13 @@ async def test_cancelling_a_pending_future_drops_the_engine_work() -> None:
         with pytest.raises(asyncio.CancelledError):
             await queued
         await eventually(lambda: count(require_totals(b), "cancelled") == before + 1)
+        # the same through a task driving it as a coroutine
+        task = asyncio.create_task(b.route("rust.q", 4))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await eventually(lambda: count(require_totals(b), "cancelled") == before + 2)
         release.set()
         assert await first == 1
         assert await b.route("rust.q", 3) == 3
