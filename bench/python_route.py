@@ -152,7 +152,7 @@ async def bench_rust_echo() -> None:
     print("2. Rust-side echo target, 1,000 concurrent: bridge vs plain future_into_py (goal >= 150,000/s, 10x)")
     bridge = BridgeManager()
     await bridge.initialize()
-    bridge._n._register_rust_echo("rust.echo")  # handler_sync: answers without a future
+    bridge._n._register_rust_echo("rust.echo")  # sync_handler_fn: answers without a future
     bridge._n._register_rust_echo("rust.aecho", asynchronous=True)  # handler_fn: an async block
     payload = {"text": "hello", "n": 1}
     c, batches = 1000, 10

@@ -148,6 +148,16 @@ export declare class BridgeManager {
   static fromYaml(text: string): BridgeManager
   /** A bridge from a YAML file. */
   static fromFile(path: string): BridgeManager
+  /**
+   * Connect to a running `dreamos-bridge serve` at `url` instead of
+   * embedding the engine: a `RemoteBridge` with the same calls and errors.
+   * `credentials` (`{api_key}` or `{token}` for an OIDC JWT) are exchanged
+   * for a bridge token, renewed before it expires; omit them for a server
+   * without security. `options.timeout`: seconds to wait for the server
+   * (default 10). Agents connected to one server share its rate limits,
+   * queues, pools and metrics.
+   */
+  static connect(url: string, credentials?: Credentials | null, options?: { timeout?: number }): Promise<RemoteBridge>
   /** Start the bridge; calls are refused with `SHUTDOWN` until this resolves. */
   initialize(): Promise<void>
   /**
@@ -208,3 +218,44 @@ export declare class BridgeManager {
   replay(id: string): Promise<void>
 }
 export type JsBridgeManager = BridgeManager
+
+/**
+ * A bridge running in a `dreamos-bridge serve` process; from `BridgeManager.connect()`.
+ * While it serves routes (from the first `registerRoute` until `close()`)
+ * it keeps Node running, as a server socket would.
+ */
+export declare class RemoteBridge {
+  /** The server's URL. */
+  get url(): string
+  /** The session's bridge token (renewed before it expires); null without security. */
+  get token(): Token | null
+  /** Has `close()` been called? */
+  get isClosed(): boolean
+  /**
+   * Request/reply through the server: the reply payload, or a rejection
+   * with the same `.code` a local bridge gives. `timeout` is in seconds.
+   */
+  route(destinationOrMessage: string | MessageInit, payload?: Payload | RouteOptions, options?: RouteOptions): Promise<Payload>
+  /** Fire-and-forget through the server: the message id once admitted. */
+  publish(destinationOrMessage: string | MessageInit, payload?: Payload | RouteOptions, options?: RouteOptions): Promise<string>
+  /** Exchange credentials for a token of the server (the session keeps its own). */
+  authenticate(credentials: Credentials): Promise<Token>
+  /**
+   * Serve `pattern` with a JS function (plain or async) for every client
+   * of the server. Resolves once the server accepted the subscription
+   * (`FORBIDDEN` if the principal may not serve it); the pattern is served
+   * again after a reconnect.
+   */
+  registerRoute(pattern: string, handler: (message: Message) => Payload | Promise<Payload> | void | Promise<void>): Promise<void>
+  /** Stop serving `pattern`; `true` if this client served it. */
+  unregisterRoute(pattern: string): boolean
+  /** The patterns this client serves. */
+  routes(): Array<string>
+  /** The server bridge's metrics (the principal needs the admin role for `admin.metrics`). */
+  metrics(): Promise<Metrics>
+  /** The server bridge's health. */
+  health(): Promise<Health>
+  /** Stop serving routes; later calls reject with `SHUTDOWN`. */
+  close(): Promise<void>
+}
+export type JsRemoteBridge = RemoteBridge

@@ -837,3 +837,5 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.BridgeManager = nativeBinding.BridgeManager
 module.exports.JsBridgeManager = nativeBinding.JsBridgeManager
+module.exports.RemoteBridge = nativeBinding.RemoteBridge
+module.exports.JsRemoteBridge = nativeBinding.JsRemoteBridge

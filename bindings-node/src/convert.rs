@@ -82,11 +82,22 @@ pub(crate) fn get_string(env: sys::napi_env, v: RawValue) -> CResult<String> {
     if type_of(env, v) != sys::ValueType::napi_string {
         return Err(ConvError::new("must be a string"));
     }
+    // Most strings (subjects, keys) are short: one call into a stack buffer.
+    // A cut-off copy stops at a character boundary, so up to 3 bytes short
+    // of the buffer's room; anything shorter than that is the whole string.
+    let mut small = [0u8; 256];
+    let mut written = 0usize;
+    // SAFETY: `small` holds 256 bytes, room for 255 and the NUL.
+    ok(unsafe { sys::napi_get_value_string_utf8(env, v, small.as_mut_ptr().cast(), small.len(), &mut written) })?;
+    if written + 4 < small.len() {
+        return std::str::from_utf8(&small[..written])
+            .map(str::to_string)
+            .map_err(|_| ConvError::new("is not valid UTF-8"));
+    }
     let mut len = 0usize;
     // SAFETY: a null buffer asks for the length only.
     ok(unsafe { sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len) })?;
     let mut buf = vec![0u8; len + 1];
-    let mut written = 0usize;
     // SAFETY: `buf` holds `len + 1` bytes, room for the string and its NUL.
     ok(unsafe { sys::napi_get_value_string_utf8(env, v, buf.as_mut_ptr().cast(), len + 1, &mut written) })?;
     buf.truncate(written);

@@ -152,5 +152,5 @@ pub(crate) fn reply_of(env: sys::napi_env, value: RawValue, max_depth: usize) ->
 /// `registerRustEcho`: a handler written in Rust that answers with the
 /// request payload, to measure the binding without any JS handler cost.
 pub(crate) fn rust_echo() -> std::sync::Arc<dyn Handler> {
-    dreamos_bridge::handler_fn(|msg: Message| async move { Ok(msg.payload) })
+    dreamos_bridge::sync_handler_fn(|msg: Message| Ok(msg.payload))
 }

@@ -9,13 +9,14 @@
 mod convert;
 mod direct;
 mod handler;
+mod remote;
 mod settle;
 mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use dreamos_bridge::{Action, BridgeConfig, BridgeError, CallOptions, Credentials, Message, Payload};
+use dreamos_bridge::{Action, AnswerNow, BridgeConfig, BridgeError, CallOptions, Credentials, Message, Payload};
 use napi::JsValue as _;
 use napi::bindgen_prelude::{Function, Unknown};
 use napi::{Env, sys};
@@ -89,6 +90,27 @@ impl JsBridgeManager {
     fn wrap(env: &Env, bridge: dreamos_bridge::BridgeManager) -> napi::Result<Self> {
         let max_depth = bridge.config().limits.max_json_depth;
         Ok(JsBridgeManager { bridge, settler: Settler::new(env)?, deadlines: direct::Deadlines::default(), max_depth })
+    }
+
+    /// Connect to a running `dreamos-bridge serve` at `url` instead of
+    /// embedding the engine: a `RemoteBridge` with the same calls and errors.
+    /// `credentials` (`{api_key}` or `{token}` for an OIDC JWT) are exchanged
+    /// for a bridge token, renewed before it expires; omit them for a server
+    /// without security. `options.timeout`: seconds to wait for the server
+    /// (default 10). Agents connected to one server share its rate limits,
+    /// queues, pools and metrics.
+    #[napi(
+        catch_unwind,
+        ts_args_type = "url: string, credentials?: Credentials | null, options?: { timeout?: number }",
+        ts_return_type = "Promise<RemoteBridge>"
+    )]
+    pub fn connect<'e>(
+        env: &'e Env,
+        url: String,
+        credentials: Option<Unknown<'_>>,
+        options: Option<Unknown<'_>>,
+    ) -> napi::Result<napi::bindgen_prelude::PromiseRaw<'e, remote::JsRemoteBridge>> {
+        remote::connect(env, url, credentials, options)
     }
 
     /// Start the bridge; calls are refused with `SHUTDOWN` until this resolves.
@@ -180,16 +202,22 @@ impl JsBridgeManager {
             Ok(call) => call,
             Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
         };
-        // A JS handler of this very thread runs here, without a thread hop,
-        // when admission needs no waiting.
-        if let Some((func, max_depth)) = direct::handler_here(&call, e) {
-            match call.try_admit() {
-                Ok(None) => {
+        // When admission needs no waiting, a JS handler of this very thread
+        // and a handler that never waits answer here, without a thread hop.
+        match call.try_admit() {
+            Ok(None) => {
+                if let Some((func, max_depth)) = direct::handler_here(&call, e) {
                     return Ok(unknown(e, direct::run(&self.settler, &self.deadlines, e, call, func, max_depth)?));
                 }
-                Ok(Some(_)) => {}
-                Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+                match call.deliver_now() {
+                    AnswerNow::Answered(reply) => {
+                        return Ok(unknown(e, self.settler.ready(e, reply.map(Reply::Payload))?));
+                    }
+                    AnswerNow::Later(back) => call = back,
+                }
             }
+            Ok(Some(_)) => {}
+            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
         }
         let p = self.settler.promise(e, async move {
             call.admit().await?;
@@ -342,8 +370,6 @@ impl JsBridgeManager {
 }
 
 impl JsBridgeManager {
-    /// The message and call options from `route`/`publish` arguments:
-    /// `(destination, payload?, options?)` or `(message, options?)`.
     fn message(
         &self,
         env: sys::napi_env,
@@ -351,64 +377,75 @@ impl JsBridgeManager {
         second: Option<RawValue>,
         third: Option<RawValue>,
     ) -> Result<(Message, CallOptions), BridgeError> {
-        use sys::ValueType as T;
-        let mut msg = match convert::type_of(env, first) {
-            T::napi_string => {
-                let dest = convert::get_string(env, first).map_err(|c| c.into_bridge("destination"))?;
-                let payload = match second {
-                    Some(p) => convert::to_payload(env, p, self.max_depth).map_err(|c| c.into_bridge("payload"))?,
-                    None => Payload::default(),
-                };
-                Message::new(dest, payload)
-            }
-            T::napi_object => self.message_object(env, first)?,
-            _ => {
-                return Err(BridgeError::invalid(
-                    "the first argument must be a destination string or a message object {destination, payload}",
-                ));
-            }
-        };
-        let options = if convert::type_of(env, first) == T::napi_object && third.is_none() { second } else { third };
-        let mut opts = CallOptions::default();
-        if let Some(o) = options.filter(|o| !convert::is_nullish(env, *o)) {
-            if convert::type_of(env, o) != T::napi_object {
-                return Err(BridgeError::invalid("options must be an object {token, timeout, headers}"));
-            }
-            let field = |name: &str| convert::get_named(env, o, name).map_err(|c| c.into_bridge(name));
-            opts.token = token_string(env, field("token")?)?;
-            let timeout = field("timeout")?;
-            if !convert::is_nullish(env, timeout) {
-                let t = convert::to_json(env, timeout, 1).map_err(|c| c.into_bridge("options.timeout"))?;
-                let secs =
-                    t.as_f64().ok_or_else(|| BridgeError::invalid("options.timeout must be seconds (a number)"))?;
-                opts.timeout = Some(seconds(secs)?);
-            }
-            read_headers(env, field("headers")?, &mut msg)?;
-            let priority = field("priority")?;
-            if !convert::is_nullish(env, priority) {
-                msg.priority = read_priority(env, priority)?;
-            }
-        }
-        Ok((msg, opts))
+        call_args(env, self.max_depth, first, second, third)
     }
+}
 
-    fn message_object(&self, env: sys::napi_env, obj: RawValue) -> Result<Message, BridgeError> {
-        let field = |name: &str| convert::get_named(env, obj, name).map_err(|c| c.into_bridge(name));
-        let dest = field("destination")?;
-        if convert::is_nullish(env, dest) {
-            return Err(BridgeError::invalid("the message object needs a `destination` string"));
+/// The message and call options from `route`/`publish` arguments:
+/// `(destination, payload?, options?)` or `(message, options?)`.
+fn call_args(
+    env: sys::napi_env,
+    max_depth: usize,
+    first: RawValue,
+    second: Option<RawValue>,
+    third: Option<RawValue>,
+) -> Result<(Message, CallOptions), BridgeError> {
+    use sys::ValueType as T;
+    let mut msg = match convert::type_of(env, first) {
+        T::napi_string => {
+            let dest = convert::get_string(env, first).map_err(|c| c.into_bridge("destination"))?;
+            let payload = match second {
+                Some(p) => convert::to_payload(env, p, max_depth).map_err(|c| c.into_bridge("payload"))?,
+                None => Payload::default(),
+            };
+            Message::new(dest, payload)
         }
-        let dest = convert::get_string(env, dest).map_err(|c| c.into_bridge("message.destination"))?;
-        let payload = field("payload")?;
-        let payload = convert::to_payload(env, payload, self.max_depth).map_err(|c| c.into_bridge("payload"))?;
-        let mut msg = Message::new(dest, payload);
+        T::napi_object => message_object(env, max_depth, first)?,
+        _ => {
+            return Err(BridgeError::invalid(
+                "the first argument must be a destination string or a message object {destination, payload}",
+            ));
+        }
+    };
+    let options = if convert::type_of(env, first) == T::napi_object && third.is_none() { second } else { third };
+    let mut opts = CallOptions::default();
+    if let Some(o) = options.filter(|o| !convert::is_nullish(env, *o)) {
+        if convert::type_of(env, o) != T::napi_object {
+            return Err(BridgeError::invalid("options must be an object {token, timeout, headers}"));
+        }
+        let field = |name: &str| convert::get_named(env, o, name).map_err(|c| c.into_bridge(name));
+        opts.token = token_string(env, field("token")?)?;
+        let timeout = field("timeout")?;
+        if !convert::is_nullish(env, timeout) {
+            let t = convert::to_json(env, timeout, 1).map_err(|c| c.into_bridge("options.timeout"))?;
+            let secs = t.as_f64().ok_or_else(|| BridgeError::invalid("options.timeout must be seconds (a number)"))?;
+            opts.timeout = Some(seconds(secs)?);
+        }
         read_headers(env, field("headers")?, &mut msg)?;
         let priority = field("priority")?;
         if !convert::is_nullish(env, priority) {
             msg.priority = read_priority(env, priority)?;
         }
-        Ok(msg)
     }
+    Ok((msg, opts))
+}
+
+fn message_object(env: sys::napi_env, max_depth: usize, obj: RawValue) -> Result<Message, BridgeError> {
+    let field = |name: &str| convert::get_named(env, obj, name).map_err(|c| c.into_bridge(name));
+    let dest = field("destination")?;
+    if convert::is_nullish(env, dest) {
+        return Err(BridgeError::invalid("the message object needs a `destination` string"));
+    }
+    let dest = convert::get_string(env, dest).map_err(|c| c.into_bridge("message.destination"))?;
+    let payload = field("payload")?;
+    let payload = convert::to_payload(env, payload, max_depth).map_err(|c| c.into_bridge("payload"))?;
+    let mut msg = Message::new(dest, payload);
+    read_headers(env, field("headers")?, &mut msg)?;
+    let priority = field("priority")?;
+    if !convert::is_nullish(env, priority) {
+        msg.priority = read_priority(env, priority)?;
+    }
+    Ok(msg)
 }
 
 fn read_headers(env: sys::napi_env, headers: RawValue, msg: &mut Message) -> Result<(), BridgeError> {

@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use dreamos_bridge::bridge::Call;
 use dreamos_bridge::{
-    Action, BridgeConfig, BridgeError, BridgeManager, CallOptions, Credentials, Payload, handler_fn, handler_sync,
+    Action, AnswerNow, BridgeConfig, BridgeError, BridgeManager, CallOptions, Credentials, Payload, handler_fn,
+    sync_handler_fn,
 };
 use futures_util::FutureExt;
 use parking_lot::Mutex;
@@ -252,9 +253,9 @@ impl PyBridge {
                     return self.call_here(py, c, call, func, py_payload);
                 }
                 // A Rust handler that answers at once: no future to poll.
-                match call.try_deliver() {
-                    Ok(r) => return ready(py, c, conv_result(py, r, conv_payload)),
-                    Err(back) => call = *back,
+                match call.deliver_now() {
+                    AnswerNow::Answered(r) => return ready(py, c, conv_result(py, r, conv_payload)),
+                    AnswerNow::Later(back) => call = back,
                 }
             }
             Ok(Some(_)) => {} // admission must wait: admit() below does
@@ -549,15 +550,15 @@ impl PyBridge {
     }
 
     /// Bench/test only: route `pattern` to a Rust handler that echoes the
-    /// payload: synchronous (`handler_sync`, answered through
-    /// `Call::try_deliver`) or, with `asynchronous`, an async `handler_fn`
+    /// payload: synchronous (`sync_handler_fn`, answered through
+    /// `Call::deliver_now`) or, with `asynchronous`, an async `handler_fn`
     /// (polled once inline).
     #[pyo3(signature = (pattern, asynchronous = false))]
     fn _register_rust_echo(&self, py: Python<'_>, pattern: &str, asynchronous: bool) -> PyResult<()> {
         let h = if asynchronous {
             handler_fn(|msg: dreamos_bridge::Message| async move { Ok(msg.payload) })
         } else {
-            handler_sync(|msg: dreamos_bridge::Message| Ok(msg.payload))
+            sync_handler_fn(|msg: dreamos_bridge::Message| Ok(msg.payload))
         };
         self.bridge.register_route(pattern, h).map_err(|e| to_pyerr(py, &e))
     }

@@ -17,8 +17,8 @@
 //!    outcome goes to `Call::finish` (metrics and limits work as for any
 //!    other call). Only a handler that suspends is handed to Python as a
 //!    `Direct`, which runs the rest in a task under the call's deadline.
-//! 3. **Rust handlers answer inline.** A synchronous one (`handler_sync`)
-//!    through `Call::try_deliver`, with no future at all; anything else
+//! 3. **Rust handlers answer inline.** A synchronous one (`sync_handler_fn`)
+//!    through `Call::deliver_now`, with no future at all; anything else
 //!    (`admit` + `deliver`, or `publish`, `initialize`, ...) is polled once
 //!    on the caller's thread with the GIL released and the runtime entered,
 //!    and usually finishes there.
@@ -47,6 +47,7 @@ mod convert;
 mod errors;
 mod handler;
 mod message;
+mod remote;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -61,6 +62,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handler::Resolver>()?;
     m.add_class::<message::PyMessage>()?;
     m.add_class::<message::PyToken>()?;
+    m.add_class::<remote::PyRemote>()?;
     m.add_function(wrap_pyfunction!(errors::_register_errors, m)?)?;
     m.add_function(wrap_pyfunction!(handler::_register_dispatch, m)?)?;
     m.add_function(wrap_pyfunction!(completer::_register_future_types, m)?)?;

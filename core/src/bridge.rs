@@ -59,23 +59,24 @@ pub trait Handler: Send + Sync + 'static {
         None
     }
 
-    /// Answer at once, without a future, if this handler can; the default
-    /// hands the message back for [`call`](Self::call). [`Call::try_deliver`]
-    /// uses it so that a caller outside any async runtime (a binding's
-    /// event-loop thread) gets a synchronous handler's reply with no task,
-    /// timer or boxed future.
-    fn try_call(&self, msg: Message) -> TryCall {
-        TryCall::Later(msg)
+    /// Answer at once, on the caller's thread, if this handler never waits
+    /// (a pure computation); otherwise hand the message back for
+    /// [`call`](Self::call). Bindings use it (through [`Call::deliver_now`])
+    /// to settle a call without a trip through the runtime; the default
+    /// never answers at once.
+    fn call_now(&self, msg: Message) -> AnswerNow<Message> {
+        AnswerNow::Later(msg)
     }
 }
 
-/// What [`Handler::try_call`] did with a message.
+/// An attempt to answer at once: the answer, or what is needed to get it
+/// later (the message for [`Handler::call`], the call for [`Call::deliver`]).
 #[derive(Debug)]
-pub enum TryCall {
-    /// The handler answered.
+pub enum AnswerNow<T> {
+    /// Answered on the spot.
     Answered(Result<Payload>),
-    /// The handler has to wait: deliver the message with [`Handler::call`].
-    Later(Message),
+    /// Needs waiting: carry on the usual way with this.
+    Later(T),
 }
 
 struct FnHandler<F>(F);
@@ -90,35 +91,6 @@ where
     }
 }
 
-struct SyncFnHandler<F>(F);
-
-impl<F> Handler for SyncFnHandler<F>
-where
-    F: Fn(Message) -> Result<Payload> + Send + Sync + 'static,
-{
-    fn call(&self, msg: Message) -> BoxFuture<Result<Payload>> {
-        // The closure runs here, before the engine wraps the future in its
-        // panic guard: catch a panic here too.
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(msg)))
-            .unwrap_or_else(|_| Err(BridgeError::handler("the handler panicked")));
-        Box::pin(std::future::ready(r))
-    }
-
-    fn try_call(&self, msg: Message) -> TryCall {
-        TryCall::Answered((self.0)(msg))
-    }
-}
-
-/// Wrap a closure that answers without waiting as a [`Handler`]; callers
-/// that can (bindings, through [`Call::try_deliver`]) get its reply with no
-/// future at all.
-pub fn handler_sync<F>(f: F) -> Arc<dyn Handler>
-where
-    F: Fn(Message) -> Result<Payload> + Send + Sync + 'static,
-{
-    Arc::new(SyncFnHandler(f))
-}
-
 /// Wrap an async closure as a [`Handler`].
 pub fn handler_fn<F, Fut>(f: F) -> Arc<dyn Handler>
 where
@@ -126,6 +98,48 @@ where
     Fut: Future<Output = Result<Payload>> + Send + 'static,
 {
     Arc::new(FnHandler(f))
+}
+
+struct SyncFnHandler<F>(F);
+
+impl<F> Handler for SyncFnHandler<F>
+where
+    F: Fn(Message) -> Result<Payload> + Send + Sync + 'static,
+{
+    fn call(&self, msg: Message) -> BoxFuture<Result<Payload>> {
+        // The closure runs here, before any caller wraps the future in a
+        // panic guard: guard it here too.
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| (self.0)(msg)))
+            .unwrap_or_else(|_| Err(BridgeError::handler("the handler panicked")));
+        Box::pin(std::future::ready(r))
+    }
+
+    fn call_now(&self, msg: Message) -> AnswerNow<Message> {
+        AnswerNow::Answered((self.0)(msg))
+    }
+}
+
+/// Wrap a closure that never waits as a [`Handler`]. Such a handler is
+/// answered on the caller's thread when the call needs no waiting, which
+/// makes it the cheapest kind of route.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use dreamos_bridge::{BridgeManager, CallOptions, Message, Payload, sync_handler_fn};
+///
+/// let bridge = BridgeManager::new_default();
+/// bridge.initialize().await?;
+/// bridge.register_route("tools.echo", sync_handler_fn(|msg: Message| Ok(msg.payload)))?;
+/// let reply = bridge.route(Message::new("tools.echo", serde_json::json!({"n": 1})), CallOptions::default()).await?;
+/// assert_eq!(reply, Payload::Json(serde_json::json!({"n": 1})));
+/// # Ok::<(), dreamos_bridge::BridgeError>(())
+/// # }).unwrap();
+/// ```
+pub fn sync_handler_fn<F>(f: F) -> Arc<dyn Handler>
+where
+    F: Fn(Message) -> Result<Payload> + Send + Sync + 'static,
+{
+    Arc::new(SyncFnHandler(f))
 }
 
 /// Per-call options.
@@ -558,7 +572,8 @@ impl BridgeManager {
         route.stats.accept();
         acct.route = Some(route.stats.clone());
         let timeout = opts.timeout.or(route.timeout).unwrap_or(inner.config.bridge.request_timeout.get());
-        let deadline = Instant::now() + timeout;
+        // The clock was read when accounting started, microseconds ago.
+        let deadline = acct.started + timeout;
         msg.deadline = Some(deadline);
         Ok(Call { acct, msg, route, principal, deadline, permit: None, admitted: false, rated: false })
     }
@@ -912,6 +927,28 @@ impl Call {
         Ok(wait)
     }
 
+    /// Stage 6–8 without waiting, for an admitted call whose handler can
+    /// answer at once ([`Handler::call_now`]): the reply, accounted for;
+    /// otherwise the call back, for [`deliver`](Self::deliver).
+    pub fn deliver_now(self) -> AnswerNow<Call> {
+        let h = match &self.route.target {
+            // (A zero timeout has no time even for an answer at once.)
+            Target::Handler(h) if self.admitted && self.deadline > self.acct.started => h.clone(),
+            _ => return AnswerNow::Later(self),
+        };
+        let Call { mut acct, msg, route, deadline, principal, permit, admitted, rated } = self;
+        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| h.call_now(msg))) {
+            Ok(AnswerNow::Answered(result)) => result,
+            Ok(AnswerNow::Later(msg)) => {
+                return AnswerNow::Later(Call { acct, msg, route, principal, deadline, permit, admitted, rated });
+            }
+            Err(_) => Err(BridgeError::handler("the handler panicked")),
+        };
+        drop(permit);
+        acct.complete(&result);
+        AnswerNow::Answered(result)
+    }
+
     /// Stage 6–8: deliver within the deadline and account for the outcome.
     pub async fn deliver(self) -> Result<Payload> {
         // The message moves into the handler: no payload copy on this path.
@@ -920,30 +957,6 @@ impl Call {
         drop(permit);
         acct.complete(&result);
         result
-    }
-
-    /// Stages 6–8 without waiting, for an admitted call whose handler can
-    /// answer at once ([`Handler::try_call`]): `Ok(result)`, accounted as
-    /// [`deliver`](Self::deliver) would; `Err(call)` gives the call back
-    /// untouched for [`deliver`](Self::deliver) (not admitted yet, an HTTP
-    /// service, or a handler that needs to wait). A panicking handler
-    /// becomes `HANDLER_ERROR`, as in `deliver`.
-    pub fn try_deliver(self) -> std::result::Result<Result<Payload>, Box<Call>> {
-        let handler = match &self.route.target {
-            Target::Handler(h) if self.admitted => h.clone(),
-            _ => return Err(Box::new(self)),
-        };
-        let Call { mut acct, msg, route, principal, deadline, permit, admitted, rated } = self;
-        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| handler.try_call(msg))) {
-            Ok(TryCall::Answered(r)) => r,
-            Ok(TryCall::Later(msg)) => {
-                return Err(Box::new(Call { acct, msg, route, principal, deadline, permit, admitted, rated }));
-            }
-            Err(_) => Err(BridgeError::handler("the handler panicked")),
-        };
-        drop(permit);
-        acct.complete(&result);
-        Ok(result)
     }
 
     /// For bindings that ran the handler themselves (e.g. a Python handler
@@ -1010,13 +1023,28 @@ impl Call {
 async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Message) -> Result<Payload> {
     let span =
         tracing::debug_span!("bridge.deliver", id = %msg.id, destination = %msg.destination, route = %route.pattern);
+    let h = match &route.target {
+        Target::Handler(h) => h,
+        Target::Service(s) => {
+            // The connection manager keeps the deadline itself (pool wait,
+            // every attempt, backoff): a second timer here would only cost.
+            return tokio::select! {
+                biased;
+                r = inner.connections.deliver(s, &msg).instrument(span) => r,
+                _ = inner.cancel.cancelled() => Err(BridgeError::shutdown()),
+            };
+        }
+    };
+    // A handler that never waits answers here: no future, no timer.
+    let msg = match std::panic::catch_unwind(AssertUnwindSafe(|| h.call_now(msg))) {
+        Ok(AnswerNow::Answered(result)) => return result,
+        Ok(AnswerNow::Later(msg)) => msg,
+        Err(_) => return Err(BridgeError::handler("the handler panicked")),
+    };
     let work = async {
-        match &route.target {
-            Target::Handler(h) => match AssertUnwindSafe(h.call(msg)).catch_unwind().await {
-                Ok(r) => r,
-                Err(_) => Err(BridgeError::handler("the handler panicked")),
-            },
-            Target::Service(s) => inner.connections.deliver(s, &msg).await,
+        match AssertUnwindSafe(h.call(msg)).catch_unwind().await {
+            Ok(r) => r,
+            Err(_) => Err(BridgeError::handler("the handler panicked")),
         }
     };
     tokio::select! {

@@ -31,7 +31,9 @@ pub mod metrics;
 pub mod routing;
 pub mod security;
 
-pub use bridge::{BridgeManager, CallOptions, DeadLetter, Handler, HealthReport, TryCall, handler_fn, handler_sync};
+pub use bridge::{
+    AnswerNow, BridgeManager, CallOptions, DeadLetter, Handler, HealthReport, handler_fn, sync_handler_fn,
+};
 pub use config::BridgeConfig;
 pub use error::{BridgeError, ErrorCode, Result};
 pub use message::{Message, Payload};

@@ -736,6 +736,28 @@ async fn health_goes_up_down_up() {
 }
 
 #[tokio::test]
+async fn a_service_that_fails_its_health_check_is_refused_before_the_breaker_opens() {
+    let s = Server::start().await;
+    let b = bridge(&s.url(), "    health_check: /health\n", "").await;
+    call(&b, "svc.flaky", json!({})).await.unwrap();
+
+    s.srv.down.store(true, Ordering::SeqCst);
+    eventually("service down", async || svc_health(&b).await.status == HealthStatus::Down).await;
+    let sent = s.hits("/flaky").len();
+    let err = call(&b, "svc.flaky", json!({})).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ServiceUnavailable, "{err}");
+    assert!(err.message().contains("health check"), "{err}");
+    assert!(err.retry_after().is_some());
+    assert_eq!(s.hits("/flaky").len(), sent, "a refused call never reaches the service");
+    assert_eq!(svc_health(&b).await.breaker, BreakerState::Closed, "refused calls are not breaker failures");
+
+    s.srv.down.store(false, Ordering::SeqCst);
+    eventually("service up again", async || svc_health(&b).await.status == HealthStatus::Up).await;
+    call(&b, "svc.flaky", json!({})).await.unwrap();
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn passive_failures_mark_a_service_without_checks_down() {
     let addr = refused_port();
     let b = bridge(&format!("http://{addr}"), "    retry_attempts: 0\n    breaker_failures: 100\n", "").await;

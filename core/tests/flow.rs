@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use dreamos_bridge::{BridgeError, BridgeManager, CallOptions, ErrorCode, Message, Payload, handler_fn};
+use dreamos_bridge::{
+    Action, AnswerNow, BridgeError, BridgeManager, CallOptions, ErrorCode, Message, Payload, handler_fn,
+    sync_handler_fn,
+};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -97,6 +100,52 @@ async fn handler_errors_and_panics_are_handler_error() {
     let e = b.route(Message::new("h.fail", json!(1)), CallOptions::default()).await.unwrap_err();
     assert_eq!((e.code(), e.message()), (ErrorCode::HandlerError, "boom: bad input"));
     assert_eq!(code(b.route(Message::new("h.panic", json!(1)), CallOptions::default()).await), ErrorCode::HandlerError);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn handlers_that_never_wait_answer_on_the_callers_thread() {
+    let b = running("").await;
+    b.register_route("sync.echo", sync_handler_fn(|m: Message| Ok(m.payload))).unwrap();
+    b.register_route("sync.fail", sync_handler_fn(|_m| Err(BridgeError::handler("no such city")))).unwrap();
+    b.register_route("sync.panic", sync_handler_fn(|_m| panic!("handler bug"))).unwrap();
+    b.register_route("async.echo", echo()).unwrap();
+
+    // Through route(): the same answers as any handler.
+    let reply = b.route(Message::new("sync.echo", json!({"n": 1})), CallOptions::default()).await.unwrap();
+    assert_eq!(reply, Payload::Json(json!({"n": 1})));
+    let e = b.route(Message::new("sync.fail", json!(1)), CallOptions::default()).await.unwrap_err();
+    assert_eq!((e.code(), e.message()), (ErrorCode::HandlerError, "no such city"));
+    assert_eq!(
+        code(b.route(Message::new("sync.panic", json!(1)), CallOptions::default()).await),
+        ErrorCode::HandlerError
+    );
+
+    // Staged, as bindings drive it: answered without any await.
+    let mut call = b.begin(Action::Route, Message::new("sync.echo", json!(2)), &CallOptions::default()).unwrap();
+    assert_eq!(call.try_admit().unwrap(), None);
+    let AnswerNow::Answered(reply) = call.deliver_now() else { panic!("a sync handler answers at once") };
+    assert_eq!(reply.unwrap(), Payload::Json(json!(2)));
+    let mut call = b.begin(Action::Route, Message::new("sync.panic", json!(2)), &CallOptions::default()).unwrap();
+    call.try_admit().unwrap();
+    let AnswerNow::Answered(reply) = call.deliver_now() else { panic!("a sync handler answers at once") };
+    assert_eq!(reply.unwrap_err().code(), ErrorCode::HandlerError);
+
+    // An async handler, or a call not yet admitted, is handed back intact.
+    let call = b.begin(Action::Route, Message::new("async.echo", json!(3)), &CallOptions::default()).unwrap();
+    let AnswerNow::Later(mut call) = call.deliver_now() else { panic!("not admitted yet") };
+    call.try_admit().unwrap();
+    let AnswerNow::Later(call) = call.deliver_now() else { panic!("async handlers answer through deliver()") };
+    assert_eq!(call.deliver().await.unwrap(), Payload::Json(json!(3)));
+
+    let snap = b.metrics();
+    assert_eq!((snap.routes["sync.echo"].accepted, snap.routes["sync.echo"].ok), (2, 2));
+    assert_eq!(snap.routes["sync.panic"].errors["HANDLER_ERROR"], 2);
+    assert_eq!((snap.routes["async.echo"].accepted, snap.routes["async.echo"].ok), (1, 1));
+    assert_eq!(
+        snap.totals.accepted,
+        snap.totals.ok + snap.totals.failed + snap.totals.rejected + snap.totals.cancelled
+    );
     b.shutdown().await;
 }
 
@@ -411,49 +460,5 @@ async fn cancelled_caller_frees_its_queue_slot() {
     // The slot is free again.
     let r = b.route(Message::new("one", json!("next")), CallOptions::default().timeout(Duration::from_secs(2))).await;
     assert_eq!(r.unwrap(), Payload::Json(json!("next")));
-    b.shutdown().await;
-}
-
-#[tokio::test]
-async fn sync_handlers_answer_through_try_deliver_without_a_future() {
-    use dreamos_bridge::{Action, handler_sync};
-    let b = BridgeManager::new_default();
-    b.initialize().await.unwrap();
-    b.register_route("agents.sync", handler_sync(|m: Message| Ok(m.payload))).unwrap();
-    b.register_route("agents.async", echo()).unwrap();
-    b.register_route(
-        "agents.panics",
-        handler_sync(|m: Message| if m.destination.is_empty() { Ok(m.payload) } else { panic!("deliberate") }),
-    )
-    .unwrap();
-    let opts = CallOptions::default();
-
-    // The staged path: admitted at once, answered at once.
-    let mut call = b.begin(Action::Route, Message::new("agents.sync", json!({"a": 1})), &opts).unwrap();
-    assert_eq!(call.try_admit().unwrap(), None);
-    let reply = call.try_deliver().expect("a sync handler answers at once").unwrap();
-    assert_eq!(reply, Payload::Json(json!({"a": 1})));
-
-    // Not admitted yet, or an async handler: the call comes back untouched
-    // and delivers normally.
-    let call = b.begin(Action::Route, Message::new("agents.sync", json!(2)), &opts).unwrap();
-    let mut call = call.try_deliver().expect_err("not admitted: handed back");
-    call.admit().await.unwrap();
-    let mut async_call = b.begin(Action::Route, Message::new("agents.async", json!(3)), &opts).unwrap();
-    async_call.try_admit().unwrap();
-    let async_call = async_call.try_deliver().expect_err("async handler: handed back");
-    assert_eq!(async_call.deliver().await.unwrap(), Payload::Json(json!(3)));
-    assert_eq!(call.try_deliver().unwrap().unwrap(), Payload::Json(json!(2)));
-
-    // A panic is HANDLER_ERROR, on both paths; the bridge keeps working.
-    let mut call = b.begin(Action::Route, Message::new("agents.panics", json!(4)), &opts).unwrap();
-    call.try_admit().unwrap();
-    assert_eq!(code(call.try_deliver().unwrap()), ErrorCode::HandlerError);
-    assert_eq!(code(b.route(Message::new("agents.panics", json!(5)), opts.clone()).await), ErrorCode::HandlerError);
-    // And through the async API a sync handler works as any other.
-    assert_eq!(b.route(Message::new("agents.sync", json!(6)), opts.clone()).await.unwrap(), Payload::Json(json!(6)));
-
-    let t = b.metrics().totals;
-    assert_eq!((t.accepted, t.ok, t.failed, t.cancelled, t.in_flight), (6, 4, 2, 0, 0));
     b.shutdown().await;
 }

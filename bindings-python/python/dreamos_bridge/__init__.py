@@ -52,6 +52,7 @@ from ._native import Message, Token
 
 __all__ = [
     "BridgeManager",
+    "RemoteBridge",
     "Message",
     "Token",
     "BridgeError",
@@ -303,6 +304,20 @@ class BridgeManager:
         self._n = _native.Bridge.from_file(os.fspath(path))
         return self
 
+    @classmethod
+    async def connect(
+        cls, url: str, credentials: Optional[Mapping[str, str]] = None, *, timeout: Optional[float] = None
+    ) -> "RemoteBridge":
+        """Connect to a running ``dreamos-bridge serve`` at ``url`` instead of embedding the engine.
+
+        ``credentials`` (``{"api_key": ...}`` or ``{"token": <OIDC JWT>}``) are
+        exchanged for a bridge token, renewed before it expires; None for a
+        server without security. ``timeout``: seconds to wait for the server
+        (default 10). Agents connected to one server share its rate limits,
+        queues, pools and metrics; see :class:`RemoteBridge`.
+        """
+        return await RemoteBridge._connect(url, credentials, timeout)
+
     # -- lifecycle ------------------------------------------------------------
 
     async def initialize(self) -> None:
@@ -453,3 +468,6 @@ class BridgeManager:
 
     def __repr__(self) -> str:
         return f"<BridgeManager running={self.running} routes={len(self.routes())}>"
+
+
+from ._remote import Registration, RemoteBridge  # noqa: E402  (uses _completer above)

@@ -12,6 +12,7 @@ __all__ = [
     "Resolver",
     "Message",
     "Token",
+    "Remote",
     "_register_errors",
     "_register_dispatch",
     "_register_future_types",
@@ -135,6 +136,51 @@ class Bridge:
     def _register_rust_echo(self, pattern: str, asynchronous: bool = False) -> None: ...
     def _test_panic(self, completer: Completer, sync: bool) -> Any: ...
     def _route_naive(self, destination: Union[str, Message], payload: Any) -> "asyncio.Future[Any]": ...
+
+@final
+class Remote:
+    @staticmethod
+    def connect(
+        completer: Completer,
+        url: str,
+        credentials: Optional[Mapping[str, str]] = None,
+        timeout: Optional[float] = None,
+    ) -> "asyncio.Future[Any]": ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def token(self) -> Optional[Token]: ...
+    def is_closed(self) -> bool: ...
+    def route(
+        self,
+        completer: Completer,
+        destination: Union[str, Message],
+        payload: Any,
+        token: Union[Token, str, None] = None,
+        timeout: Optional[float] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> "asyncio.Future[Any]": ...
+    def publish(
+        self,
+        completer: Completer,
+        destination: Union[str, Message],
+        payload: Any,
+        token: Union[Token, str, None] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> "asyncio.Future[Any]": ...
+    def authenticate(self, completer: Completer, credentials: Any) -> "asyncio.Future[Any]": ...
+    def register_route(
+        self,
+        completer: Completer,
+        pattern: str,
+        func: Callable[[Message], Any],
+        event_loop: Optional[asyncio.AbstractEventLoop],
+    ) -> "asyncio.Future[Any]": ...
+    def unregister_route(self, pattern: str) -> bool: ...
+    def routes(self) -> List[str]: ...
+    def metrics(self, completer: Completer) -> "asyncio.Future[Any]": ...
+    def health(self, completer: Completer) -> "asyncio.Future[Any]": ...
+    def close(self) -> None: ...
 
 def _register_errors(classes: Mapping[str, Type[BaseException]]) -> None: ...
 def _register_dispatch(dispatch: Callable[..., None]) -> None: ...

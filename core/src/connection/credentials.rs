@@ -328,7 +328,24 @@ pub(crate) async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Resu
     if resp.content_length().is_some_and(|n| n > cap as u64) {
         return Err(true);
     }
-    let mut buf = bytes::BytesMut::new();
+    // Most answers arrive as one chunk: hand it over without copying.
+    let first = match resp.chunk().await {
+        Ok(Some(chunk)) if chunk.len() > cap => return Err(true),
+        Ok(Some(chunk)) => chunk,
+        Ok(None) => return Ok(bytes::Bytes::new()),
+        Err(_) => return Err(false),
+    };
+    let second = match resp.chunk().await {
+        Ok(Some(chunk)) => chunk,
+        Ok(None) => return Ok(first),
+        Err(_) => return Err(false),
+    };
+    if first.len() + second.len() > cap {
+        return Err(true);
+    }
+    let mut buf = bytes::BytesMut::with_capacity(first.len() + second.len());
+    buf.extend_from_slice(&first);
+    buf.extend_from_slice(&second);
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -64,6 +65,9 @@ pub struct HealthMonitor {
     service: String,
     has_check: bool,
     stats: Arc<ServiceStats>,
+    /// The last active check failed: read on every delivery, so an atomic
+    /// rather than the state lock.
+    check_failed: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -86,6 +90,7 @@ impl HealthMonitor {
             service: service.to_string(),
             has_check,
             stats,
+            check_failed: AtomicBool::new(false),
             state: Mutex::new(State {
                 window: VecDeque::with_capacity(WINDOW),
                 unreachable_streak: 0,
@@ -124,12 +129,21 @@ impl HealthMonitor {
         let mut s = self.state.lock();
         s.last_check = Some(now_millis());
         s.last_check_ok = Some(ok);
+        self.check_failed.store(!ok, Ordering::Relaxed);
         if ok {
             s.unreachable_streak = 0;
         }
         if error.is_some() {
             s.last_error = error;
         }
+    }
+
+    /// Did the last active check fail? Deliveries are refused while it
+    /// did: the service said it cannot serve, and sending it requests
+    /// anyway would only burn the caller's deadline and the retry budget.
+    /// The next passing check lifts this.
+    pub fn check_failed(&self) -> bool {
+        self.check_failed.load(Ordering::Relaxed)
     }
 
     /// The status last reported (cheap: no recomputation).
@@ -184,11 +198,14 @@ mod tests {
     fn active_checks_drive_up_and_down() {
         let h = HealthMonitor::new("t", true, Arc::default());
         assert_eq!(h.report(BreakerState::Closed, 0).status, HealthStatus::Up);
+        assert!(!h.check_failed());
         h.checked(false, Some("status 503".into()));
+        assert!(h.check_failed());
         let r = h.report(BreakerState::Closed, 0);
         assert_eq!(r.status, HealthStatus::Down);
         assert_eq!(r.last_error.as_deref(), Some("status 503"));
         h.checked(true, None);
+        assert!(!h.check_failed());
         assert_eq!(h.report(BreakerState::Closed, 0).status, HealthStatus::Up);
         assert_eq!(h.report(BreakerState::Open, 0).status, HealthStatus::Down);
         assert_eq!(h.report(BreakerState::HalfOpen, 0).status, HealthStatus::Degraded);

@@ -21,6 +21,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AF
 use reqwest::{Method, StatusCode};
 use tokio::sync::Semaphore;
 use url::Url;
+use uuid::Uuid;
 
 use super::breaker::CircuitBreaker;
 use super::credentials::{Credentials, describe_reqwest, origin, read_capped};
@@ -209,8 +210,6 @@ impl ServiceRoute {
 pub(crate) struct ServiceClient {
     pub name: String,
     base: Url,
-    /// `base` as a string without a trailing `/`: paths are appended to it.
-    base_str: String,
     client: RwLock<Option<reqwest::Client>>,
     connections: Arc<Semaphore>,
     max_connections: usize,
@@ -224,6 +223,8 @@ pub(crate) struct ServiceClient {
     timeout: Option<Duration>,
     pub health_check: Option<Url>,
     pub check_timeout: Duration,
+    /// How often active checks run (`monitoring.health_check_interval`).
+    check_interval: Duration,
 }
 
 impl std::fmt::Debug for ServiceClient {
@@ -315,14 +316,23 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// How an answer's body becomes a payload, from its content type.
+enum Kind {
+    Json,
+    Text,
+    Other,
+}
+
 /// The parts of a request that stay the same on every attempt.
 struct Prepared {
     method: Method,
     url: Url,
     headers: HeaderMap,
     body: Option<Bytes>,
-    trace_id: String,
-    flags: String,
+    /// The W3C trace this request belongs to (continued from the message's
+    /// `traceparent`, else new), and its flags.
+    trace_id: u128,
+    flags: u8,
 }
 
 impl ServiceClient {
@@ -374,7 +384,6 @@ impl ServiceClient {
         };
         Ok(ServiceClient {
             name: name.to_string(),
-            base_str,
             client: RwLock::new(Some(client)),
             connections: Arc::new(Semaphore::new(max_connections)),
             max_connections,
@@ -398,18 +407,24 @@ impl ServiceClient {
             timeout: svc.timeout.map(|t| t.get()),
             health_check,
             check_timeout: connection_timeout.clamp(Duration::from_secs(1), Duration::from_secs(10)),
+            check_interval: cfg.monitoring.health_check_interval.get(),
             base,
         })
     }
 
     fn url_for(&self, path: &str) -> Result<Url> {
-        let url = Url::parse(&format!("{}{path}", self.base_str))
-            .map_err(|e| BridgeError::invalid(format!("cannot build a URL for service {:?}: {e}", self.name)))?;
-        let same_origin = url.scheme() == self.base.scheme()
-            && url.host() == self.base.host()
-            && url.port_or_known_default() == self.base.port_or_known_default()
-            && url.path().starts_with(self.base.path().trim_end_matches('/'));
-        if !same_origin {
+        // Only the path changes: scheme, host and port stay the base's by
+        // construction (no full re-parse per request), and `set_path` keeps
+        // any `?`/`#` in `path` inside the path, percent-encoded.
+        let mut url = self.base.clone();
+        if !path.is_empty() {
+            let base_path = self.base.path().trim_end_matches('/');
+            let mut full = String::with_capacity(base_path.len() + path.len());
+            full.push_str(base_path);
+            full.push_str(path);
+            url.set_path(&full);
+        }
+        if !url.path().starts_with(self.base.path().trim_end_matches('/')) {
             return Err(BridgeError::invalid(format!(
                 "the destination would leave service {:?}'s URL; refused",
                 self.name
@@ -464,6 +479,18 @@ impl ServiceClient {
         let deadline = msg.deadline.unwrap_or_else(|| Instant::now() + self.timeout.unwrap_or(FALLBACK_DEADLINE));
         let Some(client) = self.client() else { return Err(BridgeError::shutdown()) };
         let prepared = self.prepare(route, msg)?;
+        if self.health.check_failed() {
+            return Err(BridgeError::new(
+                ErrorCode::ServiceUnavailable,
+                format!(
+                    "service {:?} failed its last health check; calls are refused until a check passes \
+                     (every {:.1}s)",
+                    self.name,
+                    self.check_interval.as_secs_f64()
+                ),
+            )
+            .with_retry_after(self.check_interval));
+        }
         self.retry.on_request();
         let mut retry = 0u32;
         loop {
@@ -552,8 +579,8 @@ impl ServiceClient {
                 .map_err(|_| BridgeError::invalid(format!("header {name:?} has a value HTTP cannot carry")))?;
             headers.append(hname, hvalue);
         }
-        let id = msg.id.to_string();
-        if let Ok(v) = HeaderValue::from_str(&id) {
+        let mut id = Uuid::encode_buffer();
+        if let Ok(v) = HeaderValue::from_str(msg.id.as_hyphenated().encode_lower(&mut id)) {
             headers.insert(HeaderName::from_static("idempotency-key"), v);
         }
         headers.insert(reqwest::header::ACCEPT, HeaderValue::from_static("application/json, */*;q=0.5"));
@@ -571,10 +598,11 @@ impl ServiceClient {
                 Some(b.clone())
             }
         };
-        let (trace_id, flags) = match msg.header("traceparent").and_then(parse_traceparent) {
-            Some((t, f)) => (t, f),
-            None => (random_hex(16), "01".to_string()),
-        };
+        let parent = msg
+            .header("traceparent")
+            .and_then(parse_traceparent)
+            .and_then(|(t, f)| Some((u128::from_str_radix(&t, 16).ok()?, u8::from_str_radix(&f, 16).ok()?)));
+        let (trace_id, flags) = parent.unwrap_or_else(|| (random_nonzero(rand::random::<u128>), 0x01));
         Ok(Prepared { method: route.method.clone(), url, headers, body, trace_id, flags })
     }
 
@@ -601,7 +629,11 @@ impl ServiceClient {
         if let Err(e) = self.credentials.apply(&mut headers, deadline).await {
             return Err(Failure::Credentials(e.error, e.retryable));
         }
-        if let Ok(tp) = HeaderValue::from_str(&format!("00-{}-{}-{}", req.trace_id, random_hex(8), req.flags)) {
+        // A new span id per attempt; the value is built into one String and
+        // handed to the header without another copy.
+        let span_id = random_nonzero(rand::random::<u64>);
+        let traceparent = format!("00-{:032x}-{span_id:016x}-{:02x}", req.trace_id, req.flags);
+        if let Ok(tp) = HeaderValue::try_from(traceparent) {
             headers.insert(HeaderName::from_static("traceparent"), tp);
         }
         let exchange_deadline = match self.timeout {
@@ -640,30 +672,38 @@ impl ServiceClient {
             let body = read_prefix(resp, ERROR_BODY_CAP).await;
             return Err(Failure::Status { status, body, retry_after });
         }
-        let content_type = resp
+        let kind = resp
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
-            .unwrap_or_default();
+            .map(|v| v.split(';').next().unwrap_or("").trim())
+            .map(|v| {
+                let ends_with =
+                    |suffix: &str| v.len() >= suffix.len() && v[v.len() - suffix.len()..].eq_ignore_ascii_case(suffix);
+                if v.eq_ignore_ascii_case("application/json") || ends_with("+json") {
+                    Kind::Json
+                } else if v.len() >= 5 && v[..5].eq_ignore_ascii_case("text/") {
+                    Kind::Text
+                } else {
+                    Kind::Other
+                }
+            });
         let body = match read_capped(resp, self.max_response_bytes).await {
             Ok(b) => b,
             Err(true) => return Err(Failure::TooLarge(status)),
             Err(false) => return Err(Failure::Broken("the connection broke while reading the answer".into())),
         };
-        if body.is_empty() && (status == StatusCode::NO_CONTENT || content_type.is_empty()) {
+        if body.is_empty() && (status == StatusCode::NO_CONTENT || kind.is_none()) {
             return Ok(Payload::Json(serde_json::Value::Null));
         }
-        if content_type == "application/json" || content_type.ends_with("+json") {
-            return serde_json::from_slice(&body).map(Payload::Json).map_err(|_| Failure::BadJson(status));
-        }
-        if content_type.starts_with("text/") {
-            return Ok(match String::from_utf8(body.to_vec()) {
+        match kind {
+            Some(Kind::Json) => serde_json::from_slice(&body).map(Payload::Json).map_err(|_| Failure::BadJson(status)),
+            Some(Kind::Text) => Ok(match String::from_utf8(body.to_vec()) {
                 Ok(s) => Payload::Json(serde_json::Value::String(s)),
                 Err(e) => Payload::Bytes(Bytes::from(e.into_bytes())),
-            });
+            }),
+            _ => Ok(Payload::Bytes(body)),
         }
-        Ok(Payload::Bytes(body))
     }
 
     /// The caller's error for a failed attempt (secrets scrubbed).
@@ -785,11 +825,11 @@ pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
     }
 }
 
-fn random_hex(bytes: usize) -> String {
+fn random_nonzero<T: PartialEq + Default>(mut draw: impl FnMut() -> T) -> T {
     loop {
-        let raw: Vec<u8> = (0..bytes).map(|_| rand::random::<u8>()).collect();
-        if raw.iter().any(|b| *b != 0) {
-            return hex::encode(raw);
+        let v = draw();
+        if v != T::default() {
+            return v;
         }
     }
 }

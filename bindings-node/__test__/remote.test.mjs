@@ -1,0 +1,213 @@
+// BridgeManager.connect: agents sharing one real `dreamos-bridge serve`.
+//
+// Each test starts the server binary (built by `make test-node`, or here with
+// cargo if it is missing) on 127.0.0.1 port 0 with a temporary YAML config and
+// reads the port from its `listening on` line.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { spawn, spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { existsSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, resolve, dirname } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { createInterface } from 'node:readline'
+
+import { BridgeManager, rejection, sleep } from './helpers.mjs'
+
+const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
+const AGENT = 'dk_node_agent_0123456789'
+const AGENT2 = 'dk_node_agent2_0123456789'
+const ADMIN = 'dk_node_admin_0123456789'
+const SERVICE = 'dk_node_service_0123456789'
+const sha = (k) => createHash('sha256').update(k).digest('hex')
+
+function serverBinary() {
+  if (process.env.DREAMOS_BRIDGE_BIN) return process.env.DREAMOS_BRIDGE_BIN
+  const target = process.env.CARGO_TARGET_DIR || join(ROOT, 'target')
+  const bin = join(target, 'debug', 'dreamos-bridge')
+  if (!existsSync(bin)) {
+    const r = spawnSync('cargo', ['build', '-q', '-p', 'dreamos-bridge-server'], { cwd: ROOT, stdio: 'inherit' })
+    assert.equal(r.status, 0, 'cargo build of the server failed')
+  }
+  return bin
+}
+
+const CONFIG = `bridge:
+  host: 127.0.0.1
+  port: 0
+  rate_limit_mode: reject
+monitoring:
+  log_level: WARN
+security:
+  auth_type: token
+  token_expiry: 600
+  signing_keys:
+    - id: k1
+      secret: node-remote-test-signing-secret-0123456789
+  api_keys:
+    - {principal: agent, sha256: ${sha(AGENT)}, roles: [agent]}
+    - {principal: agent2, sha256: ${sha(AGENT2)}, roles: [agent]}
+    - {principal: ops, sha256: ${sha(ADMIN)}, roles: [admin]}
+    - {principal: svc, sha256: ${sha(SERVICE)}, roles: [service]}
+  roles:
+    agent: {route: ["agents.>", "ext.>", "limited.>"], publish: ["agents.>"], deny: ["agents.secret"]}
+    service: {handle: ["ext.>"]}
+    admin: {admin: [">"]}
+routes:
+  - pattern: limited.echo
+    rate_limit: 1/min
+    burst: 1
+`
+
+/** Start the server; resolves with {url, stop}. */
+async function startServer() {
+  const dir = mkdtempSync(join(tmpdir(), 'dreamos-remote-'))
+  const cfg = join(dir, 'bridge.yaml')
+  writeFileSync(cfg, CONFIG)
+  const child = spawn(serverBinary(), ['serve', '--config', cfg, '--echo', 'agents.echo', '--echo', 'limited.echo'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  let stderr = ''
+  child.stderr.on('data', (d) => {
+    stderr += d
+  })
+  const url = await new Promise((resolveUrl, reject) => {
+    const lines = createInterface({ input: child.stdout })
+    const timer = setTimeout(() => reject(new Error(`the server did not start: ${stderr}`)), 60_000)
+    lines.on('line', (line) => {
+      const at = line.indexOf('listening on ')
+      if (at >= 0) {
+        clearTimeout(timer)
+        resolveUrl(line.slice(at + 'listening on '.length).trim())
+      }
+    })
+    child.on('exit', (code) => reject(new Error(`the server exited (${code}): ${stderr}`)))
+  })
+  const stop = async () => {
+    if (child.exitCode === null) {
+      const exited = new Promise((r) => child.once('exit', r))
+      child.kill('SIGTERM')
+      await exited
+    }
+    rmSync(dir, { recursive: true, force: true })
+  }
+  return { url, stop }
+}
+
+test('route, publish, authenticate and health through the server', async () => {
+  const server = await startServer()
+  try {
+    const bridge = await BridgeManager.connect(server.url, { api_key: AGENT })
+    assert.equal(bridge.token.principal, 'agent')
+    assert.deepEqual(await bridge.route('agents.echo', { x: [1, 2.5, null] }), { x: [1, 2.5, null] })
+    const bytes = await bridge.route('agents.echo', Buffer.from([0, 1, 255]))
+    assert.ok(Buffer.isBuffer(bytes))
+    assert.deepEqual([...bytes], [0, 1, 255])
+    assert.equal(await bridge.route({ destination: 'agents.echo', payload: 'm', headers: { h: 'v' } }), 'm')
+    assert.match(await bridge.publish('agents.echo', 1), /^[0-9a-f-]{36}$/)
+    const admin = await bridge.authenticate({ api_key: ADMIN })
+    assert.deepEqual([admin.principal, admin.roles], ['ops', ['admin']])
+    assert.equal((await bridge.health()).status, 'up')
+    await bridge.close()
+    assert.equal(bridge.isClosed, true)
+    assert.equal((await rejection(bridge.route('agents.echo', 1))).code, 'SHUTDOWN')
+  } finally {
+    await server.stop()
+  }
+})
+
+test('errors reject with the codes of a local bridge', async () => {
+  const server = await startServer()
+  try {
+    const bridge = await BridgeManager.connect(server.url, { api_key: AGENT })
+    assert.equal((await rejection(bridge.route('agents.nobody', 1))).code, 'ROUTE_NOT_FOUND')
+    assert.equal((await rejection(bridge.route('agents.secret', 1))).code, 'FORBIDDEN')
+    assert.equal((await rejection(bridge.route('bad..subject', 1))).code, 'INVALID_MESSAGE')
+    assert.equal((await rejection(bridge.route('agents.echo', 1, { token: 'nope' }))).code, 'UNAUTHENTICATED')
+    assert.equal((await rejection(bridge.metrics())).code, 'FORBIDDEN')
+    await bridge.route('limited.echo', 1)
+    const limited = await rejection(bridge.route('limited.echo', 2))
+    assert.equal(limited.code, 'RATE_LIMITED')
+    assert.ok(limited.retryAfter > 1 && limited.retryAfter <= 60, String(limited.retryAfter))
+    assert.equal((await rejection(BridgeManager.connect(server.url, { api_key: 'dk_wrong' }))).code, 'UNAUTHENTICATED')
+    await bridge.close()
+  } finally {
+    await server.stop()
+  }
+  const gone = await rejection(BridgeManager.connect(server.url, { api_key: AGENT }, { timeout: 2 }))
+  assert.equal(gone.code, 'SERVICE_UNAVAILABLE')
+})
+
+test('a JS handler registered remotely answers another agent', async () => {
+  const server = await startServer()
+  try {
+    const service = await BridgeManager.connect(server.url, { api_key: SERVICE })
+    await service.registerRoute('ext.js.>', async (msg) => {
+      if (msg.destination === 'ext.js.fail') throw new Error('tool broke')
+      if (msg.destination === 'ext.js.slow') await sleep(5000)
+      return { echo: msg.payload, from: msg.source, headers: msg.headers }
+    })
+    await service.registerRoute('ext.plain', (msg) => msg.payload * 2)
+    assert.deepEqual(service.routes().sort(), ['ext.js.>', 'ext.plain'])
+    assert.equal((await rejection(service.registerRoute('agents.mine', () => 1))).code, 'FORBIDDEN')
+
+    const agent = await BridgeManager.connect(server.url, { api_key: AGENT })
+    assert.deepEqual(await agent.route('ext.js.sum', [1, 2], { headers: { k: 'v' } }), {
+      echo: [1, 2],
+      from: 'agent',
+      headers: { k: 'v' },
+    })
+    assert.equal(await agent.route('ext.plain', 21), 42)
+    const failed = await rejection(agent.route('ext.js.fail', 0))
+    assert.equal(failed.code, 'HANDLER_ERROR')
+    assert.match(failed.message, /tool broke/)
+    assert.equal((await rejection(agent.route('ext.js.slow', 0, { timeout: 0.3 }))).code, 'TIMEOUT')
+    const replies = await Promise.all(Array.from({ length: 10 }, (_, i) => agent.route('ext.js.n', i)))
+    assert.deepEqual(
+      replies.map((r) => r.echo),
+      Array.from({ length: 10 }, (_, i) => i),
+    )
+    assert.equal(service.unregisterRoute('ext.plain'), true)
+    let code
+    for (let i = 0; i < 200 && code !== 'ROUTE_NOT_FOUND'; i++) {
+      code = (await agent.route('ext.plain', 1).catch((e) => e)).code
+      if (code !== 'ROUTE_NOT_FOUND') await sleep(10)
+    }
+    assert.equal(code, 'ROUTE_NOT_FOUND')
+    await agent.close()
+    await service.close()
+  } finally {
+    await server.stop()
+  }
+})
+
+test('two agent processes share one server-side rate limit', async () => {
+  const server = await startServer()
+  try {
+    const first = await BridgeManager.connect(server.url, { api_key: AGENT })
+    assert.equal(await first.route('limited.echo', 'first'), 'first')
+    // A second Node process, with its own principal, meets the same limit.
+    const script = `
+      const { BridgeManager } = require(${JSON.stringify(join(ROOT, 'bindings-node', 'index.js'))})
+      ;(async () => {
+        const b = await BridgeManager.connect(process.argv[1], { api_key: process.argv[2] })
+        try { console.log('ok', await b.route('limited.echo', 'second')) }
+        catch (e) { console.log(e.code, e.retryAfter) }
+        await b.close()
+      })()`
+    const out = spawnSync(process.execPath, ['-e', script, server.url, AGENT2], { encoding: 'utf8', timeout: 60_000 })
+    assert.equal(out.status, 0, out.stderr)
+    const [code, retryAfter] = out.stdout.trim().split(/\s+/)
+    assert.equal(code, 'RATE_LIMITED')
+    assert.ok(Number(retryAfter) > 1)
+    const admin = await BridgeManager.connect(server.url, { api_key: ADMIN })
+    const m = await admin.metrics()
+    assert.deepEqual([m.routes['limited.echo'].ok, m.routes['limited.echo'].rate_limited], [1, 1])
+    assert.ok('agent' in m.principals && 'agent2' in m.principals)
+    await first.close()
+    await admin.close()
+  } finally {
+    await server.stop()
+  }
+})

@@ -1,0 +1,291 @@
+//! `BridgeManager.connect(url, credentials)`: the native side of a bridge
+//! that lives in a `dreamos-bridge serve` process.
+//!
+//! Everything is the Rust client's (`dreamos_bridge_client::RemoteBridge`):
+//! HTTP calls with token renewal, one WebSocket session for the handlers
+//! this process serves, reconnects, and the server's error bodies turned
+//! back into the engine's codes, so the exceptions are the local ones. This
+//! module only converts arguments and hands results back. Every call waits
+//! on the network, so none is polled inline: each runs on the process's
+//! tokio runtime and its result comes back through the caller loop's
+//! batched completer, like any other pending call. Handlers registered here
+//! are the binding's own [`PyHandler`]s, run on their event loop.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dreamos_bridge::message::Limits;
+use dreamos_bridge::{BridgeError, CallOptions, Credentials, Payload};
+use dreamos_bridge_client::{ClientOptions, RemoteBridge};
+use futures_util::FutureExt;
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyInt, PyString};
+
+use crate::completer::{Abort, Completer, make_result};
+use crate::convert::{payload_to_py, py_to_payload, py_to_value, value_to_py};
+use crate::errors::{guard, to_pyerr};
+use crate::handler::{HomeLoop, PyHandler};
+use crate::message::{PyMessage, PyToken, headers_from_py, token_arg};
+use crate::runtime::runtime;
+
+/// Run `fut` on tokio; a pending future the caller's loop completes
+/// (cancelling it drops the work).
+fn spawn<T, F>(
+    py: Python<'_>,
+    completer: &Completer,
+    fut: F,
+    conv: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
+) -> PyResult<Py<PyAny>>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, BridgeError>> + Send + 'static,
+{
+    let rt = runtime().map_err(|e| to_pyerr(py, &e))?;
+    if !completer.valid() {
+        return Err(to_pyerr(py, &BridgeError::internal("event-loop completer used across fork()")));
+    }
+    let future = completer.create_future(py)?;
+    let target = future.clone().unbind();
+    let shared = completer.shared.clone();
+    let handle = rt.spawn(async move {
+        let r = AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|_| {
+            Err(BridgeError::internal("bug in dreamos_bridge: the remote client panicked (please report it)"))
+        });
+        shared.push(target, make_result(r, conv));
+    });
+    future.setattr(pyo3::intern!(py, "_abort"), Abort::new(handle.abort_handle()))?;
+    Ok(future.unbind())
+}
+
+fn conv_payload(py: Python<'_>, p: Payload) -> PyResult<Py<PyAny>> {
+    Ok(payload_to_py(py, &p)?.unbind())
+}
+
+fn conv_none(py: Python<'_>, _: ()) -> PyResult<Py<PyAny>> {
+    Ok(py.None())
+}
+
+fn conv_str(py: Python<'_>, s: String) -> PyResult<Py<PyAny>> {
+    Ok(PyString::new(py, &s).into_any().unbind())
+}
+
+fn conv_json(py: Python<'_>, v: serde_json::Value) -> PyResult<Py<PyAny>> {
+    Ok(value_to_py(py, &v)?.unbind())
+}
+
+fn conv_token(py: Python<'_>, t: dreamos_bridge::Token) -> PyResult<Py<PyAny>> {
+    Ok(Py::new(py, PyToken::from(t))?.into_any())
+}
+
+fn invalid(py: Python<'_>, msg: impl Into<String>) -> PyErr {
+    to_pyerr(py, &BridgeError::invalid(msg))
+}
+
+/// Seconds as a `Duration` (None passes through).
+fn seconds_arg(py: Python<'_>, what: &str, t: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    let Some(t) = t.filter(|t| !t.is_none()) else { return Ok(None) };
+    let secs =
+        if t.is_instance_of::<PyFloat>() || t.is_instance_of::<PyInt>() { t.extract::<f64>().ok() } else { None };
+    match secs {
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        _ => Err(invalid(py, format!("{what} must be a positive number of seconds, not {}", t.repr()?))),
+    }
+}
+
+fn credentials_arg(py: Python<'_>, credentials: &Bound<'_, PyAny>) -> PyResult<Credentials> {
+    let v = py_to_value(credentials, 1, 8)
+        .map_err(|e| to_pyerr(py, &BridgeError::unauthenticated(format!("credentials: {}", e.message()))))?;
+    Credentials::from_json(&v).map_err(|e| to_pyerr(py, &e))
+}
+
+/// The native remote bridge; `dreamos_bridge.RemoteBridge` wraps it.
+#[pyclass(name = "Remote", module = "dreamos_bridge._native", frozen)]
+pub struct PyRemote {
+    remote: RemoteBridge,
+    home: HomeLoop,
+    max_depth: usize,
+}
+
+fn conv_remote(py: Python<'_>, (remote, home): (RemoteBridge, HomeLoop)) -> PyResult<Py<PyAny>> {
+    let max_depth = Limits::default().max_json_depth;
+    Ok(Py::new(py, PyRemote { remote, home, max_depth })?.into_any())
+}
+
+impl PyRemote {
+    fn message_arg(
+        &self,
+        py: Python<'_>,
+        destination: &Bound<'_, PyAny>,
+        payload: &Bound<'_, PyAny>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<dreamos_bridge::Message> {
+        if let Ok(m) = destination.cast::<PyMessage>() {
+            if !payload.is_none() {
+                return Err(invalid(py, "pass the payload inside the Message, not as a second argument"));
+            }
+            let m = m.get();
+            let mut core = m.to_core(py_to_payload(m.payload.bind(py), self.max_depth).map_err(|e| to_pyerr(py, &e))?);
+            core.headers.extend(headers_from_py(py, headers)?);
+            return Ok(core);
+        }
+        let Ok(dest) = destination.cast::<PyString>() else {
+            let name = destination.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+            return Err(invalid(py, format!("destination must be a str or a Message, not {name}")));
+        };
+        let body = py_to_payload(payload, self.max_depth).map_err(|e| to_pyerr(py, &e))?;
+        let mut core = dreamos_bridge::Message::new(dest.to_cow()?, body);
+        core.headers = headers_from_py(py, headers)?;
+        Ok(core)
+    }
+}
+
+#[pymethods]
+impl PyRemote {
+    /// Connect and authenticate; handlers registered later default to the caller's loop.
+    #[staticmethod]
+    #[pyo3(signature = (completer, url, credentials = None, timeout = None))]
+    fn connect(
+        py: Python<'_>,
+        completer: &Bound<'_, Completer>,
+        url: &str,
+        credentials: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        guard(py, || {
+            let creds = match credentials.filter(|c| !c.is_none()) {
+                Some(c) => Some(credentials_arg(py, c)?),
+                None => None,
+            };
+            let mut opts = ClientOptions::default();
+            if let Some(t) = seconds_arg(py, "timeout", timeout)? {
+                opts.connect_timeout = t;
+            }
+            let c = completer.get();
+            let home: HomeLoop = Arc::new(Mutex::new(Some(c.get_loop(py)?)));
+            let url = url.to_string();
+            let fut = async move {
+                let remote = match creds {
+                    Some(creds) => RemoteBridge::connect(&url, &creds, opts).await?,
+                    None => RemoteBridge::connect_anonymous(&url, opts).await?,
+                };
+                Ok((remote, home))
+            };
+            spawn(py, c, fut, conv_remote)
+        })
+    }
+
+    #[getter]
+    fn url(&self) -> String {
+        self.remote.url().to_string()
+    }
+
+    #[getter]
+    fn token(&self) -> Option<PyToken> {
+        self.remote.token().map(PyToken::from)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.remote.is_closed()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (completer, destination, payload, token = None, timeout = None, headers = None))]
+    fn route(
+        &self,
+        py: Python<'_>,
+        completer: &Bound<'_, Completer>,
+        destination: &Bound<'_, PyAny>,
+        payload: &Bound<'_, PyAny>,
+        token: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        guard(py, || {
+            let msg = self.message_arg(py, destination, payload, headers)?;
+            let opts = CallOptions { token: token_arg(py, token)?, timeout: seconds_arg(py, "timeout", timeout)? };
+            let r = self.remote.clone();
+            spawn(py, completer.get(), async move { r.route(msg, opts).await }, conv_payload)
+        })
+    }
+
+    #[pyo3(signature = (completer, destination, payload, token = None, headers = None))]
+    fn publish(
+        &self,
+        py: Python<'_>,
+        completer: &Bound<'_, Completer>,
+        destination: &Bound<'_, PyAny>,
+        payload: &Bound<'_, PyAny>,
+        token: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        guard(py, || {
+            let msg = self.message_arg(py, destination, payload, headers)?;
+            let opts = CallOptions { token: token_arg(py, token)?, timeout: None };
+            let r = self.remote.clone();
+            spawn(py, completer.get(), async move { r.publish(msg, opts).await.map(|id| id.to_string()) }, conv_str)
+        })
+    }
+
+    fn authenticate(
+        &self,
+        py: Python<'_>,
+        completer: &Bound<'_, Completer>,
+        credentials: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        guard(py, || {
+            let creds = credentials_arg(py, credentials)?;
+            let r = self.remote.clone();
+            spawn(py, completer.get(), async move { r.authenticate(&creds).await }, conv_token)
+        })
+    }
+
+    /// `event_loop`: the loop the handler runs on (None: the loop that connected).
+    fn register_route(
+        &self,
+        py: Python<'_>,
+        completer: &Bound<'_, Completer>,
+        pattern: &str,
+        func: Py<PyAny>,
+        event_loop: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        if !func.bind(py).is_callable() {
+            let name = func.bind(py).get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!("a handler must be callable, not {name}")));
+        }
+        guard(py, || {
+            let h = Arc::new(PyHandler::new(func, event_loop, self.home.clone(), self.max_depth));
+            let r = self.remote.clone();
+            let pattern = pattern.to_string();
+            spawn(py, completer.get(), async move { r.register_route(&pattern, h).await }, conv_none)
+        })
+    }
+
+    fn unregister_route(&self, pattern: &str) -> bool {
+        self.remote.unregister_route(pattern)
+    }
+
+    fn routes(&self) -> Vec<String> {
+        self.remote.routes()
+    }
+
+    fn metrics(&self, py: Python<'_>, completer: &Bound<'_, Completer>) -> PyResult<Py<PyAny>> {
+        guard(py, || {
+            let r = self.remote.clone();
+            spawn(py, completer.get(), async move { r.metrics().await }, conv_json)
+        })
+    }
+
+    fn health(&self, py: Python<'_>, completer: &Bound<'_, Completer>) -> PyResult<Py<PyAny>> {
+        guard(py, || {
+            let r = self.remote.clone();
+            spawn(py, completer.get(), async move { r.health().await }, conv_json)
+        })
+    }
+
+    fn close(&self) {
+        self.remote.close();
+    }
+}

@@ -1,0 +1,249 @@
+"""BridgeManager.connect: agents in several processes sharing one real `dreamos-bridge serve`.
+
+Each test starts the server binary (built by `make test-python`, or here with
+cargo if it is missing) on 127.0.0.1 port 0 with a temporary YAML config, and
+reads the port from its `listening on` line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+import dreamos_bridge as db
+from dreamos_bridge import BridgeManager, Message
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENT = "dk_remote_agent_0123456789"
+AGENT2 = "dk_remote_agent2_0123456789"
+ADMIN = "dk_remote_admin_0123456789"
+SERVICE = "dk_remote_service_0123456789"
+
+
+def _sha(k: str) -> str:
+    return hashlib.sha256(k.encode()).hexdigest()
+
+
+def server_binary() -> Path:
+    """The debug `dreamos-bridge` binary of this workspace (built if missing)."""
+    if os.environ.get("DREAMOS_BRIDGE_BIN"):
+        return Path(os.environ["DREAMOS_BRIDGE_BIN"])
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    binary = target / "debug" / "dreamos-bridge"
+    if not binary.exists():
+        subprocess.run(["cargo", "build", "-q", "-p", "dreamos-bridge-server"], cwd=ROOT, check=True)
+    return binary
+
+
+CONFIG = textwrap.dedent(
+    f"""\
+    bridge:
+      host: 127.0.0.1
+      port: 0
+      rate_limit_mode: reject
+    monitoring:
+      log_level: WARN
+    security:
+      auth_type: token
+      token_expiry: 600
+      signing_keys:
+        - id: k1
+          secret: remote-test-signing-secret-0123456789abcdef
+      api_keys:
+        - {{principal: agent, sha256: {_sha(AGENT)}, roles: [agent]}}
+        - {{principal: agent2, sha256: {_sha(AGENT2)}, roles: [agent]}}
+        - {{principal: ops, sha256: {_sha(ADMIN)}, roles: [admin]}}
+        - {{principal: svc, sha256: {_sha(SERVICE)}, roles: [service]}}
+      roles:
+        agent: {{route: ["agents.>", "ext.>", "limited.>"], publish: ["agents.>"], deny: ["agents.secret"]}}
+        service: {{handle: ["ext.>"]}}
+        admin: {{admin: [">"]}}
+    routes:
+      - pattern: limited.echo
+        rate_limit: 1/min
+        burst: 1
+    """
+)
+
+
+class Server:
+    def __init__(self, tmp: Path) -> None:
+        cfg = tmp / "bridge.yaml"
+        cfg.write_text(CONFIG)
+        self.log = tmp / "server.log"
+        self.proc = subprocess.Popen(
+            [str(server_binary()), "serve", "--config", str(cfg), "--echo", "agents.echo", "--echo", "limited.echo"],
+            stdout=subprocess.PIPE,
+            stderr=self.log.open("wb"),
+            text=True,
+        )
+        self.url = self._listening_url()
+
+    def _listening_url(self) -> str:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if "listening on " in line:
+                return line.split("listening on ", 1)[1].strip()
+        self.stop()
+        raise AssertionError(f"the server did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    s = Server(tmp_path)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+async def test_route_publish_authenticate(server: Server) -> None:
+    async with await BridgeManager.connect(server.url, {"api_key": AGENT}) as bridge:
+        assert isinstance(bridge, db.RemoteBridge)
+        assert bridge.token is not None and bridge.token.principal == "agent"
+        assert await bridge.route("agents.echo", {"x": [1, 2.5, None]}) == {"x": [1, 2.5, None]}
+        assert await bridge.route("agents.echo", b"\x00\x01\xff") == b"\x00\x01\xff"
+        assert await bridge.route(Message("agents.echo", "m", headers={"h": "v"})) == "m"
+        msg_id = await bridge.publish("agents.echo", 1)
+        assert len(msg_id) == 36
+        admin = await bridge.authenticate({"api_key": ADMIN})
+        assert (admin.principal, admin.roles) == ("ops", ["admin"])
+        assert (await bridge.health())["status"] == "up"
+    assert bridge.closed
+    with pytest.raises(db.ShutdownError):
+        await bridge.route("agents.echo", 1)
+
+
+async def test_errors_are_the_local_exception_classes(server: Server) -> None:
+    bridge = await BridgeManager.connect(server.url, {"api_key": AGENT})
+    with pytest.raises(db.RouteNotFoundError):
+        await bridge.route("agents.nobody", 1)
+    with pytest.raises(db.AuthorizationError):
+        await bridge.route("agents.secret", 1)
+    with pytest.raises(db.InvalidMessageError):
+        await bridge.route("bad..subject", 1)
+    with pytest.raises(db.AuthenticationError):
+        await bridge.route("agents.echo", 1, token="not-a-token")
+    with pytest.raises(db.AuthorizationError):
+        await bridge.metrics()
+    await bridge.route("limited.echo", 1)
+    with pytest.raises(db.RateLimitedError) as rl:
+        await bridge.route("limited.echo", 2)
+    assert rl.value.retry_after is not None and 1 < rl.value.retry_after <= 60
+    with pytest.raises(db.AuthenticationError):
+        await BridgeManager.connect(server.url, {"api_key": "dk_wrong"})
+    await bridge.close()
+    url = server.url
+    server.stop()
+    with pytest.raises(db.ServiceUnavailableError) as su:
+        await BridgeManager.connect(url, {"api_key": AGENT}, timeout=2)
+    assert url.split("//")[1] in str(su.value)
+
+
+async def test_a_python_handler_served_remotely_answers_another_agent(server: Server) -> None:
+    service = await BridgeManager.connect(server.url, {"api_key": SERVICE})
+    seen: list[Any] = []
+
+    async def tool(msg: Message) -> Any:
+        seen.append((msg.destination, msg.source))
+        if msg.destination == "ext.py.fail":
+            raise ValueError("tool broke")
+        if msg.destination == "ext.py.bytes":
+            return msg.payload
+        if msg.destination == "ext.py.slow":
+            await asyncio.sleep(5)
+        await asyncio.sleep(0)
+        return {"echo": msg.payload, "headers": msg.headers}
+
+    await service.register_route("ext.py.>", tool)
+
+    @service.handler("ext.plain")
+    def plain(msg: Message) -> Any:
+        return msg.payload * 2
+
+    await service.wait_routes()
+    assert sorted(service.routes()) == ["ext.plain", "ext.py.>"]
+    # A pattern outside the service's `handle` grant is refused by the server.
+    with pytest.raises(db.AuthorizationError):
+        await service.register_route("agents.mine", tool)
+
+    agent = await BridgeManager.connect(server.url, {"api_key": AGENT})
+    assert await agent.route("ext.py.sum", [1, 2], headers={"k": "v"}) == {"echo": [1, 2], "headers": {"k": "v"}}
+    assert await agent.route("ext.py.bytes", b"\x07\x00") == b"\x07\x00"
+    assert await agent.route("ext.plain", 21) == 42
+    with pytest.raises(db.HandlerError) as he:
+        await agent.route("ext.py.fail", 0)
+    assert "tool broke" in str(he.value)
+    with pytest.raises(db.BridgeTimeoutError):
+        await agent.route("ext.py.slow", 0, timeout=0.3)
+    replies = await asyncio.gather(*(agent.route("ext.py.n", i) for i in range(10)))
+    assert [r["echo"] for r in replies] == list(range(10))
+    assert ("ext.py.sum", "agent") in seen
+    assert service.unregister_route("ext.plain")
+    for _ in range(200):
+        try:
+            await agent.route("ext.plain", 1)
+        except db.RouteNotFoundError:
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("the route stayed after unregister_route")
+    await agent.close()
+    await service.close()
+
+
+AGENT_SCRIPT = """
+import asyncio, sys
+import dreamos_bridge as db
+
+async def main(url, key):
+    bridge = await db.BridgeManager.connect(url, {"api_key": key})
+    try:
+        print("ok", await bridge.route("limited.echo", "from another process"))
+    except db.RateLimitedError as e:
+        print("RATE_LIMITED", e.retry_after)
+    await bridge.close()
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+"""
+
+
+async def test_two_agent_processes_share_one_rate_limit(server: Server) -> None:
+    """The point of connect(): the limit is the server's, not each process's."""
+    first = await BridgeManager.connect(server.url, {"api_key": AGENT})
+    assert await first.route("limited.echo", "first") == "first"
+    # A second agent process, with its own principal, meets the same limit.
+    out = subprocess.run(
+        [sys.executable, "-c", AGENT_SCRIPT, server.url, AGENT2], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    code, retry_after = out.stdout.split()
+    assert code == "RATE_LIMITED" and float(retry_after) > 1
+    admin = await BridgeManager.connect(server.url, {"api_key": ADMIN})
+    m = await admin.metrics()
+    assert (m["routes"]["limited.echo"]["ok"], m["routes"]["limited.echo"]["rate_limited"]) == (1, 1)
+    assert {"agent", "agent2"} <= set(m["principals"])
+    await first.close()
+    await admin.close()

@@ -1,0 +1,317 @@
+//! A `RemoteBridge` against a real server on 127.0.0.1: calls, every error
+//! code coming back as itself, handlers served over the WebSocket session,
+//! two clients sharing one server-side rate limit, token renewal, and the
+//! session coming back after the server restarts.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::TestServer;
+use dreamos_bridge::{BridgeError, CallOptions, Credentials, ErrorCode, Message, Payload, handler_fn};
+use dreamos_bridge_client::{ClientOptions, RemoteBridge};
+use serde_json::json;
+use sha2::Digest;
+
+const AGENT: &str = "dk_test_agent_key";
+const OTHER_AGENT: &str = "dk_test_agent_key_2";
+const ADMIN: &str = "dk_test_admin_key";
+const SERVICE: &str = "dk_test_service_key";
+
+fn sha(k: &str) -> String {
+    hex::encode(sha2::Sha256::digest(k.as_bytes()))
+}
+
+fn config_with(token_expiry: u32) -> String {
+    format!(
+        "bridge:\n  host: 127.0.0.1\n  port: 0\n  retry_attempts: 0\n  rate_limit_mode: reject\n\
+         security:\n  auth_type: token\n  token_expiry: {token_expiry}\n\
+         \x20 signing_keys:\n    - id: k1\n      secret: test-signing-secret-0123456789abcdef0123\n\
+         \x20 api_keys:\n\
+         \x20   - {{principal: agent, sha256: {}, roles: [agent]}}\n\
+         \x20   - {{principal: agent2, sha256: {}, roles: [agent]}}\n\
+         \x20   - {{principal: ops, sha256: {}, roles: [admin]}}\n\
+         \x20   - {{principal: svc, sha256: {}, roles: [service]}}\n\
+         \x20 roles:\n\
+         \x20   agent: {{route: [\"agents.>\", \"ext.>\", \"limited.>\"], publish: [\"agents.>\"], deny: [\"agents.admin\"]}}\n\
+         \x20   service: {{handle: [\"ext.>\"]}}\n\
+         \x20   admin: {{admin: [\">\"]}}\n\
+         routes:\n  - pattern: limited.echo\n    rate_limit: 1/min\n    burst: 1\n",
+        sha(AGENT),
+        sha(OTHER_AGENT),
+        sha(ADMIN),
+        sha(SERVICE)
+    )
+}
+
+fn config() -> String {
+    config_with(600)
+}
+
+fn handlers(b: &dreamos_bridge::BridgeManager) {
+    for p in ["agents.echo", "agents.admin", "limited.echo"] {
+        b.register_route(p, handler_fn(|m: Message| async move { Ok(m.payload) })).unwrap();
+    }
+    b.register_route("agents.fail", handler_fn(|_m: Message| async move { Err(BridgeError::handler("boom")) }))
+        .unwrap();
+    b.register_route(
+        "agents.slow",
+        handler_fn(|m: Message| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(m.payload)
+        }),
+    )
+    .unwrap();
+}
+
+async fn connect(s: &TestServer, key: &str) -> RemoteBridge {
+    RemoteBridge::connect(&s.url, &Credentials::ApiKey(key.into()), ClientOptions::default()).await.unwrap()
+}
+
+fn msg(dest: &str, payload: serde_json::Value) -> Message {
+    Message::new(dest, payload)
+}
+
+async fn err(r: impl Future<Output = dreamos_bridge::Result<Payload>>) -> BridgeError {
+    match r.await {
+        Ok(p) => panic!("expected an error, got {p:?}"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn route_publish_and_authenticate() {
+    let s = TestServer::start(&config(), handlers).await;
+    let remote = connect(&s, AGENT).await;
+    assert_eq!(remote.token().unwrap().principal, "agent");
+    let reply = remote
+        .route(msg("agents.echo", json!({"x": [1, 2]})).with_header("h", "v"), CallOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(reply, Payload::Json(json!({"x": [1, 2]})));
+    // Bytes travel as bytes.
+    let bytes = Payload::Bytes(vec![0u8, 1, 2, 255].into());
+    assert_eq!(remote.route(Message::new("agents.echo", bytes.clone()), Default::default()).await.unwrap(), bytes);
+    let id = remote.publish(msg("agents.echo", json!(1)), Default::default()).await.unwrap();
+    assert_eq!(id.get_version_num(), 7);
+    let token = remote.authenticate(&Credentials::ApiKey(ADMIN.into())).await.unwrap();
+    assert_eq!((token.principal.as_str(), token.roles.as_slice()), ("ops", &["admin".to_string()][..]));
+    // The session's own token is unchanged by authenticate().
+    assert_eq!(remote.token().unwrap().principal, "agent");
+    let health = remote.health().await.unwrap();
+    assert_eq!(health["status"], "up");
+    // A call with another principal's token runs as that principal.
+    let e =
+        err(remote.route(msg("agents.echo", json!(1)), CallOptions { token: Some("garbage".into()), timeout: None }))
+            .await;
+    assert_eq!(e.code(), ErrorCode::Unauthenticated);
+    remote.close();
+    let e = err(remote.route(msg("agents.echo", json!(1)), Default::default())).await;
+    assert_eq!(e.code(), ErrorCode::Shutdown);
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn errors_come_back_with_their_codes() {
+    let s = TestServer::start(&config(), handlers).await;
+    let remote = connect(&s, AGENT).await;
+    let route = |d: &str, timeout: Option<f64>| {
+        remote.route(msg(d, json!(1)), CallOptions { token: None, timeout: timeout.map(Duration::from_secs_f64) })
+    };
+    assert_eq!(err(route("agents.nobody", None)).await.code(), ErrorCode::RouteNotFound);
+    assert_eq!(err(route("agents.admin", None)).await.code(), ErrorCode::Forbidden);
+    assert_eq!(err(route("other.thing", None)).await.code(), ErrorCode::Forbidden);
+    assert_eq!(err(route("bad..subject", None)).await.code(), ErrorCode::InvalidMessage);
+    let e = err(route("agents.fail", None)).await;
+    assert_eq!(e.code(), ErrorCode::HandlerError);
+    assert!(e.message().contains("boom"), "{e}");
+    assert_eq!(err(route("agents.slow", Some(0.2))).await.code(), ErrorCode::Timeout);
+    route("limited.echo", None).await.unwrap();
+    let e = err(route("limited.echo", None)).await;
+    assert_eq!(e.code(), ErrorCode::RateLimited);
+    let wait = e.retry_after().expect("retry_after kept");
+    assert!(wait > Duration::from_secs(1) && wait <= Duration::from_secs(60), "{wait:?}");
+    // Metrics need the admin role.
+    assert_eq!(remote.metrics().await.unwrap_err().code(), ErrorCode::Forbidden);
+    // Bad credentials fail the connect.
+    let bad = RemoteBridge::connect(&s.url, &Credentials::ApiKey("dk_wrong".into()), ClientOptions::default()).await;
+    assert_eq!(bad.unwrap_err().code(), ErrorCode::Unauthenticated);
+    let addr = s.addr;
+    s.stop().await.unwrap();
+    // Nobody listens any more: SERVICE_UNAVAILABLE, with the URL in the message.
+    let e = err(route("agents.echo", None)).await;
+    assert_eq!(e.code(), ErrorCode::ServiceUnavailable, "{e}");
+    assert!(e.message().contains(&addr.to_string()), "{e}");
+    let e =
+        RemoteBridge::connect(&format!("http://{addr}"), &Credentials::ApiKey(AGENT.into()), ClientOptions::default())
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ServiceUnavailable, "{e}");
+    assert_eq!(
+        RemoteBridge::connect("ftp://x", &Credentials::ApiKey(AGENT.into()), ClientOptions::default())
+            .await
+            .unwrap_err()
+            .code(),
+        ErrorCode::Config
+    );
+}
+
+#[tokio::test]
+async fn a_registered_handler_serves_other_clients() {
+    let s = TestServer::start(&config(), handlers).await;
+    let service = connect(&s, SERVICE).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    service
+        .register_route(
+            "ext.tools.>",
+            handler_fn(move |m: Message| {
+                c.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    match m.destination.as_str() {
+                        "ext.tools.fail" => Err(BridgeError::handler("tool broke")),
+                        _ => Ok(Payload::Json(
+                            json!({"dest": m.destination, "echo": m.payload.to_json(), "from": m.source.as_deref()}),
+                        )),
+                    }
+                }
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(service.routes(), vec!["ext.tools.>".to_string()]);
+    // A second pattern on the same session.
+    service
+        .register_route("ext.other", handler_fn(|_m: Message| async move { Ok(Payload::Json(json!("other"))) }))
+        .await
+        .unwrap();
+    assert_eq!(service.session_connections(), 1);
+    // The service may not serve what its role does not grant.
+    let e = service.register_route("agents.mine", handler_fn(|m: Message| async move { Ok(m.payload) })).await;
+    assert_eq!(e.unwrap_err().code(), ErrorCode::Forbidden);
+    let agent = connect(&s, AGENT).await;
+    let reply = agent.route(msg("ext.tools.sum", json!([1, 2])), Default::default()).await.unwrap();
+    assert_eq!(reply, Payload::Json(json!({"dest": "ext.tools.sum", "echo": [1, 2], "from": "agent"})));
+    let bytes = Payload::Bytes(vec![9u8, 8, 7].into());
+    let reply = agent.route(Message::new("ext.tools.bytes", bytes.clone()), Default::default()).await.unwrap();
+    assert_eq!(reply.as_json().unwrap()["echo"], bytes.to_json());
+    assert_eq!(
+        agent.route(msg("ext.other", json!(0)), Default::default()).await.unwrap(),
+        Payload::Json(json!("other"))
+    );
+    let e = err(agent.route(msg("ext.tools.fail", json!(0)), Default::default())).await;
+    assert_eq!(e.code(), ErrorCode::HandlerError);
+    assert!(e.message().contains("tool broke"), "{e}");
+    // Many calls at once are answered concurrently over the one session.
+    let mut all = Vec::new();
+    for i in 0..20 {
+        let a = agent.clone();
+        all.push(tokio::spawn(async move { a.route(msg("ext.tools.n", json!(i)), Default::default()).await }));
+    }
+    for (i, t) in all.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().unwrap().as_json().unwrap()["echo"], json!(i));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 23);
+    // Unregistering takes the route away on the server.
+    assert!(service.unregister_route("ext.tools.>"));
+    assert!(!service.unregister_route("ext.tools.>"));
+    let mut code = None;
+    for _ in 0..200 {
+        match agent.route(msg("ext.tools.sum", json!(1)), Default::default()).await {
+            Err(e) if e.code() == ErrorCode::RouteNotFound => {
+                code = Some(e.code());
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    assert_eq!(code, Some(ErrorCode::RouteNotFound));
+    service.close();
+    s.stop().await.unwrap();
+}
+
+/// The point of the feature: two agent processes (here two clients) are
+/// limited by the one bridge they share, not each by its own.
+#[tokio::test]
+async fn two_clients_share_one_rate_limit() {
+    let s = TestServer::start(&config(), handlers).await;
+    let a = connect(&s, AGENT).await;
+    let b = connect(&s, OTHER_AGENT).await;
+    a.route(msg("limited.echo", json!("a")), Default::default()).await.unwrap();
+    let e = err(b.route(msg("limited.echo", json!("b")), Default::default())).await;
+    assert_eq!(e.code(), ErrorCode::RateLimited);
+    assert!(e.retry_after().is_some());
+    // Both principals' calls are in the server's one set of metrics.
+    let admin = connect(&s, ADMIN).await;
+    let m = admin.metrics().await.unwrap();
+    let limited = &m["routes"]["limited.echo"];
+    assert_eq!((limited["ok"].as_u64(), limited["rate_limited"].as_u64()), (Some(1), Some(1)), "{m}");
+    assert!(m["principals"]["agent"].is_object() && m["principals"]["agent2"].is_object(), "{m}");
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_session_token_is_renewed_before_it_expires() {
+    let s = TestServer::start(&config_with(2), handlers).await;
+    let remote = connect(&s, AGENT).await;
+    let first = remote.token().unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    remote.route(msg("agents.echo", json!(1)), Default::default()).await.unwrap();
+    let second = remote.token().unwrap();
+    assert_ne!(first.value, second.value);
+    assert!(second.expires_at >= first.expires_at);
+    s.stop().await.unwrap();
+}
+
+/// The server restarts (same address) with a new random token key, so
+/// every token the clients hold is refused: HTTP calls renew theirs on the
+/// 401 and retry, and the WebSocket session reconnects and subscribes again.
+#[tokio::test]
+async fn the_session_comes_back_after_the_server_restarts() {
+    let random_key =
+        config().replace("  signing_keys:\n    - id: k1\n      secret: test-signing-secret-0123456789abcdef0123\n", "");
+    assert!(!random_key.contains("signing_keys"));
+    let opts = ClientOptions { reconnect_max: Duration::from_millis(300), ..ClientOptions::default() };
+    let s = TestServer::start(&random_key, handlers).await;
+    let addr = s.addr;
+    let service = RemoteBridge::connect(&s.url, &Credentials::ApiKey(SERVICE.into()), opts).await.unwrap();
+    service.register_route("ext.echo.>", handler_fn(|m: Message| async move { Ok(m.payload) })).await.unwrap();
+    let agent = connect(&s, AGENT).await;
+    assert_eq!(agent.route(msg("ext.echo.x", json!(1)), Default::default()).await.unwrap(), Payload::Json(json!(1)));
+    let before_restart = agent.token().unwrap().value;
+    s.stop().await.unwrap();
+    assert_eq!(
+        err(agent.route(msg("ext.echo.x", json!(2)), Default::default())).await.code(),
+        ErrorCode::ServiceUnavailable
+    );
+    // Registering while the server is away fails at once, clearly.
+    let e = service.register_route("ext.late", handler_fn(|m: Message| async move { Ok(m.payload) })).await;
+    assert_eq!(e.unwrap_err().code(), ErrorCode::ServiceUnavailable);
+
+    let s = TestServer::start_at(&random_key, handlers, addr).await;
+    let mut reply = None;
+    for _ in 0..300 {
+        match agent.route(msg("ext.echo.x", json!(3)), Default::default()).await {
+            Ok(p) => {
+                reply = Some(p);
+                break;
+            }
+            Err(e) => {
+                assert!(matches!(e.code(), ErrorCode::RouteNotFound | ErrorCode::ServiceUnavailable), "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    assert_eq!(reply, Some(Payload::Json(json!(3))));
+    assert!(service.session_connections() >= 2);
+    // The agent's old token was refused and replaced without the caller seeing it.
+    assert_ne!(agent.token().unwrap().value, before_restart);
+    let agent_token = agent.token().unwrap();
+    assert_eq!(agent.route(msg("agents.echo", json!(4)), Default::default()).await.unwrap(), Payload::Json(json!(4)));
+    assert_eq!(agent.token().unwrap().value, agent_token.value);
+    assert_eq!(service.routes(), vec!["ext.echo.>".to_string()]);
+    service.close();
+    s.stop().await.unwrap();
+}
