@@ -12,8 +12,8 @@ PY_VENV := $(CURDIR)/.venv
 PY := $(PY_VENV)/bin/python
 PY_PINS := maturin==1.16.0 pytest==8.4.2 pytest-asyncio==1.5.0 mypy==1.20.2 aiohttp==3.14.5
 PY_DEPS_STAMP := $(PY_VENV)/.dreamos-deps
-PY_SOURCES := $(shell find core/src client/src bindings-python/src bindings-python/python -type f) \
-	bindings-python/Cargo.toml core/Cargo.toml client/Cargo.toml Cargo.toml pyproject.toml
+PY_SOURCES := $(shell find core/src client/src server/src server/assets bindings-python/src bindings-python/python -type f) \
+	bindings-python/Cargo.toml core/Cargo.toml client/Cargo.toml server/Cargo.toml Cargo.toml pyproject.toml
 MATURIN := $(PY_VENV)/bin/maturin develop --target-dir $(CURDIR)/target/maturin
 
 .PHONY: python-venv python-dev python-release test-python bench-python demo-python

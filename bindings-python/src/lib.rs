@@ -42,6 +42,7 @@
 
 mod bridge;
 mod capi;
+mod cli;
 mod completer;
 mod convert;
 mod errors;
@@ -63,6 +64,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<message::PyMessage>()?;
     m.add_class::<message::PyToken>()?;
     m.add_class::<remote::PyRemote>()?;
+    m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_register_errors, m)?)?;
     m.add_function(wrap_pyfunction!(handler::_register_dispatch, m)?)?;
     m.add_function(wrap_pyfunction!(completer::_register_future_types, m)?)?;

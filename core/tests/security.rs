@@ -483,3 +483,38 @@ async fn concurrent_verification_shares_one_principal() {
     }
     assert!(principals.windows(2).all(|w| Arc::ptr_eq(&w[0], &w[1])));
 }
+
+#[tokio::test]
+async fn operator_minted_tokens() {
+    let f = fixture().await;
+    let sec = f.bridge.security();
+    let t = sec.issue_token("batch-job", &["agent".to_string()], Duration::from_secs(120)).unwrap();
+    assert_eq!((t.principal.as_str(), t.roles.as_slice()), ("batch-job", &["agent".to_string()][..]));
+    assert!(t.expires_at >= now() + 119 && t.expires_at <= now() + 121, "{}", t.expires_at);
+    // Another bridge with the same keys accepts it; roles are enforced.
+    let other = start(&[("k1", K1)]).await;
+    assert!(call(&other.bridge, Some(&t.value), "agents.echo").await.is_ok());
+    expect(call(&other.bridge, Some(&t.value), "secret.vault").await.unwrap_err(), ErrorCode::Forbidden, "");
+    // A bridge with other keys refuses it.
+    let stranger = start(&[("k2", K2)]).await;
+    expect(call(&stranger.bridge, Some(&t.value), "agents.echo").await.unwrap_err(), ErrorCode::Unauthenticated, "");
+    // Unknown roles, empty principals and zero lifetimes are refused.
+    let e = sec.issue_token("p", &["root".to_string()], Duration::from_secs(60)).unwrap_err();
+    expect(e, ErrorCode::InvalidMessage, "security.roles");
+    expect(sec.issue_token(" ", &[], Duration::from_secs(60)).unwrap_err(), ErrorCode::InvalidMessage, "principal");
+    expect(sec.issue_token("p", &[], Duration::ZERO).unwrap_err(), ErrorCode::InvalidMessage, "lifetime");
+    // Without configured signing keys there is nothing a server would accept.
+    let no_keys = BridgeManager::from_yaml("security:\n  auth_type: token\n").unwrap();
+    expect(
+        no_keys.security().issue_token("p", &[], Duration::from_secs(60)).unwrap_err(),
+        ErrorCode::Config,
+        "signing_keys",
+    );
+    // Security off: no tokens.
+    let off = BridgeManager::new_default();
+    expect(
+        off.security().issue_token("p", &[], Duration::from_secs(60)).unwrap_err(),
+        ErrorCode::Unauthenticated,
+        "off",
+    );
+}

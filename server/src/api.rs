@@ -9,16 +9,17 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use dreamos_bridge::{Action, BridgeError, CallOptions, Credentials, ErrorCode, Message};
+use dreamos_bridge::{Action, BridgeError, BridgeManager, CallOptions, Credentials, ErrorCode, Message};
 use serde_json::{Value, json};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::signing;
 use crate::state::AppState;
 use crate::ws::payload_from_json;
 
@@ -97,7 +98,7 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
     CorsLayer::new()
         .allow_origin(AllowOrigin::list(list))
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static(signing::HEADER)])
         .expose_headers([header::RETRY_AFTER])
         .max_age(Duration::from_secs(600))
 }
@@ -207,8 +208,13 @@ async fn auth_token(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
     .into_response())
 }
 
-/// A `/v1/route` or `/v1/publish` body as a message and call options.
-fn message_request(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<(Message, CallOptions)> {
+/// A `/v1/route` or `/v1/publish` body as a message and call options, its
+/// signature checked (see [`crate::signing`]).
+fn message_request(
+    bridge: &BridgeManager,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(Message, CallOptions)> {
     let token = bearer(headers)?;
     let Value::Object(mut body) = json_body(body)? else {
         return Err(ApiError::invalid("the body must be a JSON object {\"destination\", \"payload\", ...}"));
@@ -218,6 +224,16 @@ fn message_request(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> 
         _ => return Err(ApiError::invalid("`destination` (a subject string) is required")),
     };
     let mut msg = Message::new(destination, payload_from_json(body.remove("payload").unwrap_or(Value::Null)));
+    // A client-chosen id: a signed message needs one, because the MAC covers it.
+    let body_had_id = matches!(body.get("id"), Some(Value::String(_)));
+    match body.remove("id") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(id)) => {
+            msg.id = Uuid::parse_str(&id)
+                .map_err(|_| ApiError::invalid(format!("`id` {id:?} is not a UUID (hyphenated, as signed)")))?;
+        }
+        Some(_) => return Err(ApiError::invalid("`id` must be a UUID string")),
+    }
     match body.remove("headers") {
         None | Some(Value::Null) => {}
         Some(Value::Object(h)) => {
@@ -245,9 +261,24 @@ fn message_request(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> 
     }
     if let Some(k) = body.keys().next() {
         return Err(ApiError::invalid(format!(
-            "unknown field {k:?}: expected destination, payload, headers, timeout, priority"
+            "unknown field {k:?}: expected id, destination, payload, headers, timeout, priority"
         )));
     }
+    let signature = match headers.get(signing::HEADER) {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| {
+            BridgeError::unauthenticated(
+                "the X-Bridge-Signature header is not ASCII: expected v1,kid=..,ts=..,nonce=..,mac=..",
+            )
+        })?),
+    };
+    if signature.is_some() && !body_had_id {
+        return Err(BridgeError::unauthenticated(
+            "a signed message must carry the `id` it was signed with (the MAC covers it): add \"id\" to the body",
+        )
+        .into());
+    }
+    signing::check(bridge, &msg, signature, "the X-Bridge-Signature header")?;
     Ok((msg, CallOptions { token, timeout }))
 }
 
@@ -256,8 +287,9 @@ async fn route(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let (msg, opts) = message_request(&headers, body)?;
-    let reply = state.bridge().route(msg, opts).await?;
+    let bridge = state.bridge();
+    let (msg, opts) = message_request(&bridge, &headers, body)?;
+    let reply = bridge.route(msg, opts).await?;
     Ok(axum::Json(json!({ "payload": reply.to_json() })).into_response())
 }
 
@@ -266,8 +298,9 @@ async fn publish(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let (msg, opts) = message_request(&headers, body)?;
-    let id = state.bridge().publish(msg, opts).await?;
+    let bridge = state.bridge();
+    let (msg, opts) = message_request(&bridge, &headers, body)?;
+    let id = bridge.publish(msg, opts).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id.to_string() }))).into_response())
 }
 

@@ -1,5 +1,5 @@
 //! The command line of the `dreamos-bridge` binary (clap definitions only;
-//! `main.rs` runs them).
+//! [`crate::commands`] runs them).
 
 use std::path::PathBuf;
 
@@ -123,6 +123,19 @@ pub enum Command {
         #[command(flatten)]
         conn: Connection,
     },
+    /// Run a plain HTTP echo service: any POST answers 200 with the request body, any GET 200 "ok".
+    ///
+    /// An upstream for benchmarks and experiments: `make bench-server` routes the bridge and
+    /// nginx to it, to compare the two hops. No auth, no limits: loopback use only.
+    ///
+    /// Example:
+    ///   dreamos-bridge echo-service --listen 127.0.0.1:9000
+    #[command(verbatim_doc_comment)]
+    EchoService {
+        /// Address to listen on (port 0: any free port; the line printed at start names it).
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+    },
 }
 
 /// `token` subcommands.
@@ -136,6 +149,30 @@ pub enum TokenCommand {
     Inspect {
         /// The token (a JWT).
         token: String,
+    },
+    /// Mint a bridge token for a principal, signed with the config's first security.signing_keys entry.
+    ///
+    /// For operators who hold the config file (batch jobs, services without an API key).
+    /// Every --role must be defined under security.roles. Prints the token alone on
+    /// stdout; what it grants goes to stderr. Any server with the same signing keys
+    /// accepts it until it expires (or is revoked with POST /v1/admin/revoke).
+    ///
+    /// Example:
+    ///   TOKEN=$(dreamos-bridge token issue --config examples/bridge.yaml --principal nightly-report --role agent --ttl 1h)
+    #[command(verbatim_doc_comment)]
+    Issue {
+        /// The YAML config file with security.signing_keys and security.roles.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Who the token speaks for (the `sub` claim).
+        #[arg(long)]
+        principal: String,
+        /// A role to grant; repeatable.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Lifetime, e.g. 90s, 15m, 1h (default: security.token_expiry).
+        #[arg(long)]
+        ttl: Option<String>,
     },
 }
 

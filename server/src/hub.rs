@@ -33,7 +33,9 @@ pub(crate) enum Outbound {
     Close(u16, String),
 }
 
-type Pending = HashMap<Uuid, oneshot::Sender<dreamos_bridge::Result<Payload>>>;
+/// Message id to the caller's channel and the message's destination (a
+/// signed reply is checked against it).
+type Pending = HashMap<Uuid, (oneshot::Sender<dreamos_bridge::Result<Payload>>, String)>;
 
 /// One connected service (one WebSocket).
 pub(crate) struct Session {
@@ -82,7 +84,7 @@ impl Session {
         if !self.send(Outbound::Text(frame.to_string())) {
             return None;
         }
-        map.insert(msg.id, tx);
+        map.insert(msg.id, (tx, msg.destination.clone()));
         Some(rx)
     }
 
@@ -91,9 +93,14 @@ impl Session {
     pub(crate) fn answer(&self, id: Uuid, result: dreamos_bridge::Result<Payload>) -> bool {
         let tx = self.pending.lock().as_mut().and_then(|m| m.remove(&id));
         match tx {
-            Some(tx) => tx.send(result).is_ok(),
+            Some((tx, _)) => tx.send(result).is_ok(),
             None => false,
         }
+    }
+
+    /// The destination of in-flight message `id`, if it awaits an answer.
+    pub(crate) fn destination_of(&self, id: Uuid) -> Option<String> {
+        self.pending.lock().as_ref().and_then(|m| m.get(&id)).map(|(_, d)| d.clone())
     }
 
     fn forget(&self, id: Uuid) {

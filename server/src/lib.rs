@@ -13,13 +13,16 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod error;
 pub mod hub;
 pub mod server;
+pub mod signing;
 pub mod state;
 pub mod tls;
 pub mod ws;
 
+pub use commands::run;
 pub use hub::{ConnectedServiceHandler, ServiceHub};
 pub use server::{Server, check_exposure, serve};
 pub use state::ServerOptions;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use dreamos_bridge::{Action, BridgeError, Credentials, ErrorCode, Payload};
+use dreamos_bridge::{Action, BridgeError, Credentials, ErrorCode, Message, Payload};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -182,12 +182,31 @@ fn handle_frame(state: &AppState, session: &Arc<Session>, token: Option<&str>, t
             let Some(id) = frame.get("id").and_then(Value::as_str).and_then(|s| Uuid::parse_str(s).ok()) else {
                 return reply(error_frame(ErrorCode::InvalidMessage, "a reply needs the \"id\" of the message", None));
             };
-            let result = if kind == "reply" {
-                Ok(payload_from_json(frame.get("payload").cloned().unwrap_or(Value::Null)))
+            let error_text = frame.get("message").and_then(Value::as_str).unwrap_or("the service reported an error");
+            let payload = if kind == "reply" {
+                payload_from_json(frame.get("payload").cloned().unwrap_or(Value::Null))
             } else {
-                let msg = frame.get("message").and_then(Value::as_str).unwrap_or("the service reported an error");
-                Err(BridgeError::handler(msg.to_string()))
+                Payload::Json(json!({ "error": error_text }))
             };
+            let bridge = state.bridge();
+            if crate::signing::configured(&bridge)
+                && let Some(destination) = session.destination_of(id)
+            {
+                let mut signed = Message::new(destination, payload.clone());
+                signed.id = id;
+                let signature = frame.get("signature").and_then(Value::as_str);
+                if let Err(e) = crate::signing::check(&bridge, &signed, signature, "a \"signature\" field") {
+                    reply(error_frame(e.code(), e.message(), Some(("id", json!(id.to_string())))));
+                    // The caller is answered now rather than at its deadline: the service is misconfigured or forged.
+                    let refused = BridgeError::handler(format!(
+                        "the connected service's {kind} was refused by the bridge: {}",
+                        e.message()
+                    ));
+                    session.answer(id, Err(refused));
+                    return;
+                }
+            }
+            let result = if kind == "reply" { Ok(payload) } else { Err(BridgeError::handler(error_text.to_string())) };
             if !session.answer(id, result) {
                 tracing::debug!(%id, "reply for a message nobody waits for (late or unknown); dropped");
             }

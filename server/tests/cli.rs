@@ -87,10 +87,12 @@ fn every_command_has_an_example_in_help() {
         &["check-config"],
         &["hash-key"],
         &["token", "inspect"],
+        &["token", "issue"],
         &["route"],
         &["dead-letters", "list"],
         &["dead-letters", "replay"],
         &["bench"],
+        &["echo-service"],
     ] {
         let out = Command::new(BIN).args(cmd).arg("--help").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -213,4 +215,72 @@ fn serve_refuses_public_address_without_security() {
     let out = Command::new(BIN).args(["serve", "--config"]).arg(&cfg).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to listen"));
+}
+
+const ISSUE_KEY: &str = "issue-test-signing-secret-0123456789abcdef";
+
+fn secured_config(name: &str, secret: &str) -> std::path::PathBuf {
+    tmp(
+        name,
+        &format!(
+            "bridge:\n  host: 127.0.0.1\n  port: 0\nsecurity:\n  auth_type: token\n  token_expiry: 600\n\
+             \x20 signing_keys:\n    - id: k1\n      secret: {secret}\n\
+             \x20 roles:\n    agent:\n      route: [\"cli.*\"]\n    reader:\n      route: [\"other.*\"]\n"
+        ),
+    )
+}
+
+fn issue(config: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(["token", "issue", "--config"]).arg(config).args(extra).output().unwrap()
+}
+
+async fn route_with(url: &str, token: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(format!("{url}/v1/route"))
+        .bearer_auth(token)
+        .json(&json!({"destination": "cli.echo", "payload": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn token_issue_is_accepted_by_a_server_with_the_same_config() {
+    let cfg = secured_config("issue.yaml", ISSUE_KEY);
+    let out = issue(&cfg, &["--principal", "nightly", "--role", "agent", "--ttl", "15m"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stdout.contains(ISSUE_KEY) && !stderr.contains(ISSUE_KEY), "the signing secret was printed");
+    let agent = stdout.trim().to_string();
+    assert_eq!(agent.split('.').count(), 3, "{agent}");
+    assert!(stderr.contains("nightly"), "{stderr}");
+    let reader = issue(&cfg, &["--principal", "nightly", "--role", "reader"]);
+    let reader = String::from_utf8_lossy(&reader.stdout).trim().to_string();
+    let stranger_cfg = secured_config("issue-other.yaml", "another-signing-secret-fedcba9876543210fedcba");
+    let stranger = issue(&stranger_cfg, &["--principal", "nightly", "--role", "agent"]);
+    let stranger = String::from_utf8_lossy(&stranger.stdout).trim().to_string();
+
+    let mut s = spawn_serve(&cfg);
+    assert_eq!(route_with(&s.url, &agent).await, (200, json!({"payload": "hi"})));
+    let (st, v) = route_with(&s.url, &reader).await;
+    assert_eq!((st, v["code"].as_str()), (403, Some("FORBIDDEN")), "{v}");
+    let (st, v) = route_with(&s.url, &stranger).await;
+    assert_eq!((st, v["code"].as_str()), (401, Some("UNAUTHENTICATED")), "{v}");
+    signal(&s.child, "TERM");
+    assert!(s.child.wait().unwrap().success());
+
+    // Refusals: an undefined role, a bad lifetime, a config without signing keys.
+    let out = issue(&cfg, &["--principal", "p", "--role", "root"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("security.roles"));
+    let out = issue(&cfg, &["--principal", "p", "--ttl", "soon"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ttl"));
+    let keyless = tmp("issue-keyless.yaml", "security:\n  auth_type: token\n");
+    let out = issue(&keyless, &["--principal", "p"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signing_keys"));
+    assert!(out.stdout.is_empty());
 }

@@ -294,6 +294,15 @@ async fn openapi_lists_every_route() {
             );
         }
     }
+    // The message-signature header is documented where it is read.
+    let sig = &doc["components"]["parameters"]["Signature"];
+    assert_eq!(sig["in"], "header");
+    assert!(sig["name"].as_str().unwrap().eq_ignore_ascii_case(dreamos_bridge_server::signing::HEADER));
+    for path in ["/v1/route", "/v1/publish"] {
+        let params = doc["paths"][path]["post"]["parameters"].as_array().expect("parameters");
+        assert!(params.iter().any(|p| p["$ref"] == "#/components/parameters/Signature"), "{path}");
+    }
+    assert_eq!(doc["components"]["schemas"]["MessageRequest"]["properties"]["id"]["format"], "uuid");
     // Nothing documented that the router lacks.
     for (path, item) in paths {
         for method in item.as_object().unwrap().keys() {
@@ -357,4 +366,59 @@ async fn refuses_public_address_without_security() {
     assert!(e.message().starts_with("bridge.host:"), "{}", e.message());
     assert!(dreamos_bridge_server::check_exposure("127.0.0.1:8000".parse().unwrap(), &config).is_ok());
     assert!(dreamos_bridge_server::check_exposure("[::1]:8000".parse().unwrap(), &config).is_ok());
+}
+
+/// A real HTTP service on 127.0.0.1:0: `/fail` answers 500, `/missing` 404,
+/// anything else echoes the request body with 200.
+async fn upstream_service() -> std::net::SocketAddr {
+    use axum::http::StatusCode;
+    let app = axum::Router::new()
+        .route("/fail", axum::routing::post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "database is down") }))
+        .route("/missing", axum::routing::post(|| async { (StatusCode::NOT_FOUND, "no such item: 42") }))
+        .fallback(|body: axum::body::Bytes| async move { ([("content-type", "application/json")], body) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// The codes the other tests do not reach over HTTP: UPSTREAM_ERROR from a
+/// real service (with its status and body), CONFIG and INTERNAL from a handler.
+#[tokio::test]
+async fn upstream_config_and_internal_errors() {
+    let up = upstream_service().await;
+    let yaml = format!(
+        "{LOCAL}services:\n  store:\n    url: http://{up}\n\
+         routes:\n  - pattern: store.>\n    service: store\n    path: /{{rest}}\n"
+    );
+    let s = TestServer::start(&yaml, |b| {
+        b.register_route(
+            "agents.misconfigured",
+            handler_fn(|_m: Message| async move { Err(BridgeError::config("tools.search.api_key", "is not set")) }),
+        )
+        .unwrap();
+        b.register_route(
+            "agents.buggy",
+            handler_fn(|_m: Message| async move { Err(BridgeError::internal("invariant broken")) }),
+        )
+        .unwrap();
+    })
+    .await;
+    let route = format!("{}/v1/route", s.url);
+    // The service itself works through the bridge.
+    let (st, _, v) = post(&route, None, json!({"destination": "store.ok", "payload": {"q": 1}})).await;
+    assert_eq!((st, v), (200, json!({"payload": {"q": 1}})));
+    // Its 500 and 404 become 502 UPSTREAM_ERROR carrying the upstream status and body.
+    for (dest, status, text) in [("store.fail", 500, "database is down"), ("store.missing", 404, "no such item: 42")] {
+        let (st, _, v) = post(&route, None, json!({"destination": dest, "payload": 1, "timeout": 5})).await;
+        assert_error(st, &v, 502, "UPSTREAM_ERROR");
+        assert_eq!(v["status"], status, "{v}");
+        assert!(v["body"].as_str().is_some_and(|b| b.contains(text)), "{v}");
+    }
+    let (st, _, v) = post(&route, None, json!({"destination": "agents.misconfigured", "payload": 1})).await;
+    assert_error(st, &v, 500, "CONFIG");
+    assert!(v["message"].as_str().unwrap().contains("tools.search.api_key"), "{v}");
+    let (st, _, v) = post(&route, None, json!({"destination": "agents.buggy", "payload": 1})).await;
+    assert_error(st, &v, 500, "INTERNAL");
+    s.stop().await.unwrap();
 }

@@ -233,6 +233,40 @@ impl SecurityManager {
         }
     }
 
+    /// Mint a bridge token for `principal` with `roles`, valid for `ttl`,
+    /// without credentials: for operators holding the config file (the
+    /// `dreamos-bridge token issue` command). Every role must be defined
+    /// under `security.roles`, and the config must list
+    /// `security.signing_keys` (a token signed with the random process-only
+    /// key would be refused by every server). Audited.
+    pub fn issue_token(&self, principal: &str, roles: &[String], ttl: Duration) -> Result<Token> {
+        let s = self.on()?;
+        if !s.tokens.keys_configured() {
+            return Err(BridgeError::config(
+                "security.signing_keys",
+                "is empty, so a token minted here would be signed with a random key no server knows: list a key",
+            ));
+        }
+        if principal.trim().is_empty() || principal.len() > 256 {
+            return Err(BridgeError::invalid("the principal must be 1 to 256 characters"));
+        }
+        if let Some(r) = roles.iter().find(|r| !s.access.has_role(r)) {
+            let r: String = r.chars().take(64).collect();
+            return Err(BridgeError::invalid(format!(
+                "role {r:?} is not defined under security.roles: a token with it would grant nothing"
+            )));
+        }
+        let ttl_secs = ttl.as_secs();
+        if ttl_secs == 0 {
+            return Err(BridgeError::invalid("the token lifetime must be at least one second"));
+        }
+        let name: Arc<str> = Arc::from(principal);
+        let roles: Arc<[Arc<str>]> = roles.iter().map(|r| Arc::from(r.as_str())).collect();
+        let token = s.tokens.issue_for(&name, &roles, ttl_secs, None)?;
+        s.audit.record(Record::authn("issue_token", Some(name), "operator", Decision::Allow, "token issued"));
+        Ok(token)
+    }
+
     /// Verify a bridge token (signature, expiry, revocation); cached.
     #[inline]
     pub fn verify(&self, token: &str) -> Result<Arc<Principal>> {

@@ -138,6 +138,8 @@ struct RawHeader {
 /// Issues, verifies, caches and revokes bridge tokens.
 pub struct TokenService {
     signing_kid: String,
+    /// False when the key is the random process-only one.
+    configured: bool,
     signing_key: EncodingKey,
     verify_keys: HashMap<String, DecodingKey>,
     expiry_secs: u64,
@@ -183,6 +185,7 @@ impl TokenService {
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
         TokenService {
+            configured: !keys.is_empty(),
             signing_kid,
             signing_key: EncodingKey::from_secret(&signing_secret),
             verify_keys,
@@ -202,8 +205,26 @@ impl TokenService {
     /// Issue a token for `principal` with `roles`, expiring after
     /// `token_expiry` or at `max_exp`, whichever comes first.
     pub fn issue(&self, principal: &Arc<str>, roles: &Arc<[Arc<str>]>, max_exp: Option<u64>) -> Result<Token> {
+        self.issue_for(principal, roles, self.expiry_secs, max_exp)
+    }
+
+    /// Are the signing keys from the config (not the random process-only
+    /// key), so that another process with the same config accepts tokens
+    /// signed here?
+    pub fn keys_configured(&self) -> bool {
+        self.configured
+    }
+
+    /// Issue a token that lives `ttl_secs` (at least 1), capped by `max_exp`.
+    pub fn issue_for(
+        &self,
+        principal: &Arc<str>,
+        roles: &Arc<[Arc<str>]>,
+        ttl_secs: u64,
+        max_exp: Option<u64>,
+    ) -> Result<Token> {
         let now = unix_now();
-        let mut exp = now.saturating_add(self.expiry_secs);
+        let mut exp = now.saturating_add(ttl_secs.max(1));
         if let Some(m) = max_exp {
             exp = exp.min(m);
         }

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# The bridge hop beside the nginx hop, in one run (make bench-server).
+#
+# One HTTP echo service (`dreamos-bridge echo-service`) is reached three ways
+# with the same client (`dreamos-bridge bench`), concurrency and request count:
+# directly; through nginx as a reverse proxy (keep-alive upstream); and through
+# `dreamos-bridge serve`, whose config routes `bench.http.>` to the service
+# (POST /v1/route). "Added" latency is each hop's percentile minus the direct
+# one. Everything shares the machine's cores, so compare the lines, not the
+# absolute numbers.
+#
+# Usage: bench/server_vs_nginx.sh BIN [CONCURRENCY] [REQUESTS]
+set -euo pipefail
+BIN=${1:?path to the release dreamos-bridge binary}
+CONC=${2:-16}
+REQS=${3:-20000}
+ECHO_PORT=${ECHO_PORT:-18091}
+NGINX_PORT=${NGINX_PORT:-18092}
+BRIDGE_PORT=${BRIDGE_PORT:-18093}
+
+dir=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+wait_for() { # file pattern
+    for _ in $(seq 1 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
+    echo "timed out waiting for '$2' in $1:" >&2; cat "$1" >&2; return 1
+}
+
+"$BIN" echo-service --listen 127.0.0.1:$ECHO_PORT > "$dir/echo.out" 2>&1 & pids+=($!)
+wait_for "$dir/echo.out" listening
+
+mkdir -p "$dir/nginx"
+cat > "$dir/nginx/nginx.conf" <<CONF
+daemon off;
+user root;
+worker_processes 2;
+pid $dir/nginx/nginx.pid;
+error_log $dir/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $dir/nginx/body;
+    proxy_temp_path $dir/nginx/proxy;
+    fastcgi_temp_path $dir/nginx/fastcgi;
+    uwsgi_temp_path $dir/nginx/uwsgi;
+    scgi_temp_path $dir/nginx/scgi;
+    upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://echo;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" & pids+=($!)
+
+cat > "$dir/bridge.yaml" <<CONF
+bridge:
+  host: 127.0.0.1
+  port: $BRIDGE_PORT
+  queue_size: 100000
+  retry_attempts: 0
+monitoring:
+  log_level: WARN
+services:
+  echo:
+    url: http://127.0.0.1:$ECHO_PORT
+routes:
+  - pattern: bench.http.>
+    service: echo
+    path: /echo
+CONF
+"$BIN" serve --config "$dir/bridge.yaml" > "$dir/bridge.out" 2>&1 & pids+=($!)
+wait_for "$dir/bridge.out" listening
+for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/$NGINX_PORT) 2>/dev/null && break
+    sleep 0.1
+done
+
+payload='{"n":1,"text":"hello"}'
+run() { # label, then bench arguments
+    local label=$1; shift
+    "$BIN" bench --concurrency "$CONC" --requests "$REQS" --payload "$payload" --json --label "$label" "$@" 2>/dev/null
+}
+# Warm-up (connection pools, nginx workers), then the measured runs.
+run warm --raw-url http://127.0.0.1:$NGINX_PORT/echo > /dev/null
+run warm --url http://127.0.0.1:$BRIDGE_PORT --destination bench.http.echo > /dev/null
+direct=$(run direct --raw-url http://127.0.0.1:$ECHO_PORT/echo)
+nginx=$(run "via nginx" --raw-url http://127.0.0.1:$NGINX_PORT/echo)
+bridge=$(run "via bridge" --url http://127.0.0.1:$BRIDGE_PORT --destination bench.http.echo)
+
+python3 - "$CONC" "$REQS" "$direct" "$nginx" "$bridge" <<'PY'
+import json, sys
+conc, reqs = sys.argv[1], sys.argv[2]
+d, n, b = (json.loads(a) for a in sys.argv[3:6])
+print(f"POST to one HTTP echo service, {conc} in flight, {reqs} requests each:")
+print(f"{'path':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}{'added p99':>11}{'errors':>8}")
+for r in (d, n, b):
+    a50, a99 = r["p50_ms"] - d["p50_ms"], r["p99_ms"] - d["p99_ms"]
+    added = (f"{a50:>11.3f}{a99:>11.3f}") if r is not d else f"{'-':>11}{'-':>11}"
+    print(f"{r['label']:<12}{r['throughput']:>9.0f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{added}{r['errors']:>8}")
+def ratio(x, y):
+    # A negative "added" figure is noise (the hop measured faster than direct in this run).
+    return f"{x / y:.2f}" if y > 0 and x >= 0 else "n/a (an added figure is below zero: noise, run again)"
+print(f"bridge hop / nginx hop: added p50 {ratio(b['p50_ms'] - d['p50_ms'], n['p50_ms'] - d['p50_ms'])}, "
+      f"added p99 {ratio(b['p99_ms'] - d['p99_ms'], n['p99_ms'] - d['p99_ms'])}, "
+      f"throughput {b['throughput'] / n['throughput']:.2f}x nginx's")
+if d["errors"] or n["errors"] or b["errors"]:
+    sys.exit("errors during the run: the figures are not comparable")
+PY
