@@ -45,8 +45,10 @@ python-release: $(PY_VENV)/.dreamos-release
 test-python: python-dev
 	$(PY) -m pytest -q bindings-python/tests
 
+# The HTTP case targets `dreamos-bridge serve` (the release binary).
 bench-python: python-release
-	$(PY) bench/python_route.py
+	cargo build --release -p dreamos-bridge-server
+	DREAMOS_BRIDGE_BIN=$(CARGO_TARGET_DIR)/release/dreamos-bridge $(PY) bench/python_route.py
 
 demo-python: python-release
 	$(PY) examples/agent.py

@@ -1,18 +1,14 @@
 //! The native `Bridge`: converts arguments, calls the engine, maps errors.
 //!
-//! Every method that may wait takes the caller's [`Completer`] and returns
-//! one of three things, which `dreamos_bridge/__init__.py` tells apart by type:
-//!
-//! - the result itself, when the engine finished during the first poll,
-//!   made on the caller's thread (validate, authenticate, authorize, resolve
-//!   and admit never wait, and an in-process Rust handler usually answers at
-//!   once): no thread hop, no future;
-//! - a [`Direct`] call, when the route resolved to a Python handler living on
-//!   the caller's own loop and admission succeeded at once: Python calls the
-//!   handler itself and reports the outcome with `finish`/`fail`;
-//! - a [`Pending`], when the work has to wait (admission queue, HTTP, a
-//!   handler on another loop): the future runs on tokio and its result comes
-//!   back through the loop's batched completer.
+//! Every method that may wait takes the caller's [`Completer`]. `route`
+//! returns a `_Reply` future (see `completer.rs`): already completed when the
+//! engine answered on the caller's thread (validate, authenticate,
+//! authorize, resolve and admit never wait; a Python handler on this loop
+//! that does not suspend, or a Rust handler, answers at once), pending when
+//! tokio has the work (admission queue, HTTP, a handler on another loop);
+//! or a [`Direct`] when a Python handler on this loop suspended, for Python
+//! to finish. The other methods return the result itself when it came at
+//! once, else a pending future.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -22,13 +18,18 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use dreamos_bridge::bridge::Call;
-use dreamos_bridge::{Action, BridgeConfig, BridgeError, BridgeManager, CallOptions, Credentials, Payload, handler_fn};
+use dreamos_bridge::{
+    Action, AnswerNow, BridgeConfig, BridgeError, BridgeManager, CallOptions, Credentials, Payload, handler_fn,
+    sync_handler_fn,
+};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt, PyList, PyString};
 
-use crate::completer::{Completer, Pending, make_result};
+use crate::capi::{Step, send_none, str_of};
+use crate::completer::{Abort, Completer, is_awaitable, is_coroutine, make_result, ready};
 use crate::convert::{check_reply, payload_to_py, py_to_payload, py_to_value, value_to_py};
 use crate::errors::{guard, handler_error, to_pyerr};
 use crate::handler::{HomeLoop, PyHandler};
@@ -37,15 +38,39 @@ use crate::runtime::{fork_generation, runtime};
 
 type BoxedFuture<T> = Pin<Box<dyn Future<Output = std::thread::Result<Result<T, BridgeError>>> + Send>>;
 
+/// What [`run_or_spawn`] got: the answer, or a pending `_Reply` future.
+enum Outcome {
+    Ready(PyResult<Py<PyAny>>),
+    Pending(Py<PyAny>),
+}
+
+impl Outcome {
+    /// For methods whose Python wrapper awaits pending futures itself.
+    fn value(self) -> PyResult<Py<PyAny>> {
+        match self {
+            Outcome::Ready(r) => r,
+            Outcome::Pending(f) => Ok(f),
+        }
+    }
+
+    /// For `route`, which always returns a future.
+    fn future(self, py: Python<'_>, c: &Completer) -> PyResult<Py<PyAny>> {
+        match self {
+            Outcome::Ready(r) => ready(py, c, r),
+            Outcome::Pending(f) => Ok(f),
+        }
+    }
+}
+
 /// Poll `fut` once on this thread (GIL released, runtime entered); if it is
-/// not done, hand it to tokio and return a [`Pending`] completed through
+/// not done, hand it to tokio and return a pending future completed through
 /// `completer`.
 fn run_or_spawn<T, F>(
     py: Python<'_>,
     completer: &Completer,
     fut: F,
     conv: fn(Python<'_>, T) -> PyResult<Py<PyAny>>,
-) -> PyResult<Py<PyAny>>
+) -> PyResult<Outcome>
 where
     T: Send + 'static,
     F: Future<Output = Result<T, BridgeError>> + Send + 'static,
@@ -57,21 +82,27 @@ where
         fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
     });
     match polled {
-        Poll::Ready(r) => conv_result(py, flatten(r), conv),
+        Poll::Ready(r) => Ok(Outcome::Ready(conv_result(py, flatten(r), conv))),
         Poll::Pending => {
             if !completer.valid() {
                 return Err(to_pyerr(py, &BridgeError::internal("event-loop completer used across fork()")));
             }
             let future = completer.create_future(py)?;
-            let target = future.clone_ref(py);
+            let target = future.clone().unbind();
             let shared = completer.shared.clone();
             let handle = rt.spawn(async move {
                 let r = flatten(fut.await);
                 shared.push(target, make_result(r, conv));
             });
-            Ok(Py::new(py, Pending::new(future, handle.abort_handle()))?.into_any())
+            future.setattr(pyo3::intern!(py, "_abort"), Abort::new(handle.abort_handle()))?;
+            Ok(Outcome::Pending(future.unbind()))
         }
     }
+}
+
+/// The panic of [`PyBridge::_test_panic`].
+fn explode<E>(what: &str) -> E {
+    panic!("dreamos_bridge test hook: a deliberate panic {what}")
 }
 
 fn flatten<T>(r: std::thread::Result<Result<T, BridgeError>>) -> Result<T, BridgeError> {
@@ -186,9 +217,103 @@ impl PyBridge {
             return Err(invalid(py, format!("destination must be a str or a Message, not {}", type_name(destination))));
         };
         let body = py_to_payload(payload, self.max_depth).map_err(|e| to_pyerr(py, &e))?;
-        let mut core = dreamos_bridge::Message::new(dest.to_cow()?, body);
+        let mut core = dreamos_bridge::Message::new(
+            str_of(dest).map_err(|_| invalid(py, "destination is not valid UTF-8 (it has lone surrogates)"))?,
+            body,
+        );
         core.headers = headers_from_py(py, headers)?;
         Ok((core, payload.clone().unbind()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn route_inner(
+        &self,
+        py: Python<'_>,
+        c: &Completer,
+        destination: &Bound<'_, PyAny>,
+        payload: &Bound<'_, PyAny>,
+        token: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
+        let (msg, py_payload) = self.message_arg(py, destination, payload, headers)?;
+        let opts = CallOptions { token: token_arg(py, token)?, timeout: timeout_arg(py, timeout)? };
+        let mut call = self.bridge.begin(Action::Route, msg, &opts).map_err(|e| to_pyerr(py, &e))?;
+        // A Python handler on the caller's own loop: call it here.
+        let local = call
+            .handler()
+            .and_then(|h| h.as_any())
+            .and_then(|a| a.downcast_ref::<PyHandler>())
+            .filter(|h| h.runs_on(c.loop_ptr))
+            .map(|h| h.func.clone_ref(py));
+        match call.try_admit() {
+            Ok(None) => {
+                if let Some(func) = local {
+                    return self.call_here(py, c, call, func, py_payload);
+                }
+                // A Rust handler that answers at once: no future to poll.
+                match call.deliver_now() {
+                    AnswerNow::Answered(r) => return ready(py, c, conv_result(py, r, conv_payload)),
+                    AnswerNow::Later(back) => call = back,
+                }
+            }
+            Ok(Some(_)) => {} // admission must wait: admit() below does
+            Err(e) => return Err(to_pyerr(py, &e)),
+        }
+        run_or_spawn(
+            py,
+            c,
+            async move {
+                call.admit().await?;
+                call.deliver().await
+            },
+            conv_payload,
+        )?
+        .future(py, c)
+    }
+
+    /// Run a Python handler on this thread: call it and, if it is a
+    /// coroutine, step it once. Most handlers answer without suspending; then
+    /// the reply goes back in a completed future, with no task, no deadline
+    /// timer and no loop round trip. One that suspends is handed to Python as
+    /// a [`Direct`] to finish under the call's deadline.
+    fn call_here(
+        &self,
+        py: Python<'_>,
+        c: &Completer,
+        call: Call,
+        func: Py<PyAny>,
+        py_payload: Py<PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let message = Py::new(py, PyMessage::from_core(call.message(), py_payload))?;
+        let mut direct = Direct {
+            deadline: call.deadline(),
+            call: Mutex::new(Some(call)),
+            max_depth: self.max_depth,
+            awaitable: None,
+            step: None,
+        };
+        let x = match func.bind(py).call1((message,)) {
+            Ok(x) => x,
+            Err(e) => return direct.failed(py, c, e),
+        };
+        if is_coroutine(&x)? {
+            return match send_none(&x) {
+                Ok(Step::Yielded(step)) => {
+                    direct.awaitable = Some(x.unbind());
+                    direct.step = Some(step.unbind());
+                    Ok(Py::new(py, direct)?.into_any())
+                }
+                Ok(Step::Returned(v)) => ready(py, c, direct.finish_value(py, v.unbind())),
+                Err(e) => direct.failed(py, c, e),
+            };
+        }
+        if is_awaitable(&x)? {
+            direct.awaitable = Some(x.unbind());
+            return Ok(Py::new(py, direct)?.into_any());
+        }
+        ready(py, c, direct.finish_value(py, x.unbind()))
     }
 }
 
@@ -242,7 +367,7 @@ impl PyBridge {
                 }
             }
             let b = self.bridge.clone();
-            run_or_spawn(py, c, async move { b.initialize().await }, conv_none)
+            run_or_spawn(py, c, async move { b.initialize().await }, conv_none)?.value()
         })
     }
 
@@ -258,7 +383,8 @@ impl PyBridge {
                     Ok(())
                 },
                 conv_none,
-            )
+            )?
+            .value()
         })
     }
 
@@ -293,6 +419,10 @@ impl PyBridge {
         self.bridge.routes()
     }
 
+    /// Always returns a `_Reply` future: already completed when the call
+    /// finished on this thread (errors included), pending when tokio has the
+    /// work; or a [`Direct`] when a Python handler on this loop suspended and
+    /// Python must run the rest of it.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (completer, destination, payload, token = None, timeout = None, headers = None))]
     fn route(
@@ -305,42 +435,11 @@ impl PyBridge {
         timeout: Option<&Bound<'_, PyAny>>,
         headers: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        self.check(py)?;
-        guard(py, || {
-            let (msg, py_payload) = self.message_arg(py, destination, payload, headers)?;
-            let opts = CallOptions { token: token_arg(py, token)?, timeout: timeout_arg(py, timeout)? };
-            let mut call = self.bridge.begin(Action::Route, msg, &opts).map_err(|e| to_pyerr(py, &e))?;
-            let c = completer.get();
-            // A Python handler on the caller's own loop: let Python call it.
-            let local = call
-                .handler()
-                .and_then(|h| h.as_any())
-                .and_then(|a| a.downcast_ref::<PyHandler>())
-                .filter(|h| h.runs_on(c.loop_ptr))
-                .map(|h| h.func.clone_ref(py));
-            if let Some(func) = local {
-                match call.try_admit() {
-                    Ok(None) => {
-                        let message = Py::new(py, PyMessage::from_core(call.message(), py_payload))?;
-                        let deadline = call.deadline();
-                        let direct =
-                            Direct { call: Mutex::new(Some(call)), func, message, deadline, max_depth: self.max_depth };
-                        return Ok(Py::new(py, direct)?.into_any());
-                    }
-                    Ok(Some(_)) => {}
-                    Err(e) => return Err(to_pyerr(py, &e)),
-                }
-            }
-            run_or_spawn(
-                py,
-                c,
-                async move {
-                    call.admit().await?;
-                    call.deliver().await
-                },
-                conv_payload,
-            )
-        })
+        let c = completer.get();
+        match guard(py, || self.route_inner(py, c, destination, payload, token, timeout, headers)) {
+            Ok(r) => Ok(r),
+            Err(e) => ready(py, c, Err(e)),
+        }
     }
 
     #[pyo3(signature = (completer, destination, payload, token = None, headers = None))]
@@ -363,7 +462,8 @@ impl PyBridge {
                 completer.get(),
                 async move { b.publish(msg, opts).await.map(|id| id.to_string()) },
                 conv_str,
-            )
+            )?
+            .value()
         })
     }
 
@@ -415,7 +515,7 @@ impl PyBridge {
             let fut = async move {
                 serde_json::to_value(b.health().await).map_err(|e| BridgeError::internal(format!("health report: {e}")))
             };
-            run_or_spawn(py, completer.get(), fut, conv_json)
+            run_or_spawn(py, completer.get(), fut, conv_json)?.value()
         })
     }
 
@@ -445,14 +545,39 @@ impl PyBridge {
         guard(py, || {
             let id = uuid::Uuid::parse_str(id).map_err(|_| invalid(py, format!("{id:?} is not a message id")))?;
             let b = self.bridge.clone();
-            run_or_spawn(py, completer.get(), async move { b.replay(id).await }, conv_none)
+            run_or_spawn(py, completer.get(), async move { b.replay(id).await }, conv_none)?.value()
         })
     }
 
-    /// Bench/test only: route `pattern` to a Rust handler that echoes the payload.
-    fn _register_rust_echo(&self, py: Python<'_>, pattern: &str) -> PyResult<()> {
-        let h = handler_fn(|msg: dreamos_bridge::Message| async move { Ok(msg.payload) });
+    /// Bench/test only: route `pattern` to a Rust handler that echoes the
+    /// payload: synchronous (`sync_handler_fn`, answered through
+    /// `Call::deliver_now`) or, with `asynchronous`, an async `handler_fn`
+    /// (polled once inline).
+    #[pyo3(signature = (pattern, asynchronous = false))]
+    fn _register_rust_echo(&self, py: Python<'_>, pattern: &str, asynchronous: bool) -> PyResult<()> {
+        let h = if asynchronous {
+            handler_fn(|msg: dreamos_bridge::Message| async move { Ok(msg.payload) })
+        } else {
+            sync_handler_fn(|msg: dreamos_bridge::Message| Ok(msg.payload))
+        };
         self.bridge.register_route(pattern, h).map_err(|e| to_pyerr(py, &e))
+    }
+
+    /// Test only: a Rust panic inside the binding, on the caller's thread
+    /// (`sync`) or in a future finished on tokio. Both must reach Python as
+    /// `InternalError` (code INTERNAL), never as a crash or a `PanicException`.
+    fn _test_panic(&self, py: Python<'_>, completer: &Bound<'_, Completer>, sync: bool) -> PyResult<Py<PyAny>> {
+        guard(py, || {
+            if sync {
+                return Err(explode("on the caller's thread"));
+            }
+            let fut = async move {
+                // Suspend once so that the panic happens on a tokio thread.
+                tokio::task::yield_now().await;
+                Err::<(), _>(explode("in a future on tokio"))
+            };
+            run_or_spawn(py, completer.get(), fut, conv_none)?.value()
+        })
     }
 
     /// Bench only: the same route through plain `future_into_py` (the naive binding).
@@ -471,17 +596,17 @@ impl PyBridge {
     }
 }
 
-/// A route to a Python handler on the caller's loop, admitted and waiting
-/// for Python to call `func(message)` and report how it went.
+/// A route to a Python handler on the caller's loop whose handler
+/// suspended: Python runs the rest (`awaitable`, already stepped once when
+/// `started`) under the deadline and reports how it went.
 #[pyclass(module = "dreamos_bridge._native", frozen)]
 pub struct Direct {
     call: Mutex<Option<Call>>,
-    #[pyo3(get)]
-    func: Py<PyAny>,
-    #[pyo3(get)]
-    message: Py<PyMessage>,
     deadline: Instant,
     max_depth: usize,
+    awaitable: Option<Py<PyAny>>,
+    /// What the first `send(None)` yielded, for a coroutine that was stepped.
+    step: Option<Py<PyAny>>,
 }
 
 impl Direct {
@@ -490,17 +615,9 @@ impl Direct {
             call.finish(r);
         }
     }
-}
-
-#[pymethods]
-impl Direct {
-    /// Seconds left before the deadline.
-    fn remaining(&self) -> f64 {
-        self.deadline.saturating_duration_since(Instant::now()).as_secs_f64()
-    }
 
     /// The handler returned `value`: check it is JSON-shaped and pass it on.
-    fn finish(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+    fn finish_value(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
         match check_reply(value.bind(py), self.max_depth) {
             Ok(()) => {
                 self.end(&Ok(Payload::default()));
@@ -512,6 +629,49 @@ impl Direct {
                 Err(to_pyerr(py, &e))
             }
         }
+    }
+
+    /// The handler raised `e` synchronously: a completed future holding the
+    /// `HandlerError` (caused by `e`). A `BaseException` that is not an
+    /// `Exception` propagates as it is; the call then counts as cancelled.
+    fn failed(&self, py: Python<'_>, c: &Completer, e: PyErr) -> PyResult<Py<PyAny>> {
+        if !e.is_instance_of::<PyException>(py) {
+            return Err(e);
+        }
+        let he = PyErr::from_value(self.fail(py, e.value(py)).into_bound(py));
+        he.set_cause(py, Some(e));
+        ready(py, c, Err(he))
+    }
+}
+
+#[pymethods]
+impl Direct {
+    /// The handler's awaitable (a coroutine already stepped once if `started`).
+    #[getter]
+    fn awaitable(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.awaitable.as_ref().map(|a| a.clone_ref(py))
+    }
+
+    /// What the first step yielded.
+    #[getter]
+    fn step(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.step.as_ref().map(|a| a.clone_ref(py))
+    }
+
+    /// Was the awaitable stepped already?
+    #[getter]
+    fn started(&self) -> bool {
+        self.step.is_some()
+    }
+
+    /// Seconds left before the deadline.
+    fn remaining(&self) -> f64 {
+        self.deadline.saturating_duration_since(Instant::now()).as_secs_f64()
+    }
+
+    /// The handler returned `value`: check it is JSON-shaped and pass it on.
+    fn finish(&self, py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+        self.finish_value(py, value)
     }
 
     /// The handler raised `exc`: the `HandlerError` to raise instead.

@@ -8,6 +8,14 @@
 //! writes a wake byte. The loop's reader callback ([`Completer::_drain`])
 //! then resolves every queued future in one go, so under load one wake-up
 //! serves many results.
+//!
+//! The futures are instances of the package's `_Reply`, an `asyncio.Future`
+//! subclass that is also accepted where a coroutine is expected (see
+//! `dreamos_bridge/__init__.py`): `route` hands one back even when the
+//! answer is already there ([`ready`]), so `asyncio.gather` takes it as it is
+//! instead of wrapping a coroutine in a task, and `await` on it returns at
+//! once. A pending one carries an [`Abort`] in its `_abort` slot: cancelling
+//! the future drops the engine work.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -18,8 +26,85 @@ use dreamos_bridge::BridgeError;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
+use pyo3::exceptions::PyException;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+
 use crate::errors::to_pyerr;
 use crate::runtime::fork_generation;
+
+/// `dreamos_bridge._Reply`, `types.CoroutineType` and `inspect.isawaitable`,
+/// registered at import.
+struct Types {
+    reply: Py<PyAny>,
+    coroutine: Py<PyAny>,
+    isawaitable: Py<PyAny>,
+}
+
+static TYPES: PyOnceLock<Types> = PyOnceLock::new();
+
+/// Called once by the package with its future class, `types.CoroutineType`
+/// and `inspect.isawaitable`.
+#[pyfunction]
+pub fn _register_future_types(py: Python<'_>, reply: Py<PyAny>, coroutine: Py<PyAny>, isawaitable: Py<PyAny>) {
+    let _ = TYPES.set(py, Types { reply, coroutine, isawaitable });
+}
+
+fn types(py: Python<'_>) -> PyResult<&Types> {
+    TYPES
+        .get(py)
+        .ok_or_else(|| pyo3::exceptions::PyRuntimeError::new_err("dreamos_bridge._native used without its package"))
+}
+
+/// Is `obj` a native coroutine (what `async def` returns)?
+pub fn is_coroutine(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    Ok(obj.get_type().is(types(obj.py())?.coroutine.bind(obj.py())))
+}
+
+/// Is a handler's return value something to await? JSON-shaped values are
+/// answered without asking Python.
+pub fn is_awaitable(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if obj.is_none()
+        || obj.is_exact_instance_of::<PyDict>()
+        || obj.is_exact_instance_of::<PyList>()
+        || obj.is_exact_instance_of::<PyString>()
+        || obj.is_exact_instance_of::<PyInt>()
+        || obj.is_exact_instance_of::<PyFloat>()
+        || obj.is_exact_instance_of::<PyBool>()
+        || obj.is_exact_instance_of::<PyTuple>()
+        || obj.is_exact_instance_of::<PyBytes>()
+    {
+        return Ok(false);
+    }
+    types(obj.py())?.isawaitable.bind(obj.py()).call1((obj,))?.is_truthy()
+}
+
+/// A new pending `_Reply` on `event_loop`.
+pub fn new_future<'py>(py: Python<'py>, event_loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    // Naming the loop spares asyncio a get_running_loop(), which makes a
+    // getpid() system call on every future in CPython 3.11.
+    let kwargs = PyDict::new(py);
+    kwargs.set_item(pyo3::intern!(py, "loop"), event_loop)?;
+    types(py)?.reply.bind(py).call((), Some(&kwargs))
+}
+
+/// An already-completed `_Reply` on `c`'s loop: awaiting it costs no loop
+/// round trip. Exceptions go into the future, as a coroutine would raise
+/// them at its `await`; a `BaseException` that is not an `Exception`
+/// (KeyboardInterrupt, a cancellation) is raised at once.
+pub fn ready(py: Python<'_>, c: &Completer, r: PyResult<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+    let fut = c.create_future(py)?;
+    match r {
+        Ok(v) => {
+            fut.call_method1(pyo3::intern!(py, "set_result"), (v,))?;
+        }
+        Err(e) if e.is_instance_of::<PyException>(py) => {
+            fut.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),))?;
+        }
+        Err(e) => return Err(e),
+    }
+    Ok(fut.unbind())
+}
 
 /// Turns a finished result into the Python value (run on the loop's thread).
 pub type Make = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
@@ -120,39 +205,33 @@ impl Completer {
 }
 
 impl Completer {
-    /// A new future on this loop.
-    pub fn create_future(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let event_loop = self.get_loop(py)?;
-        if event_loop.is_none(py) {
+    /// A new pending future on this loop, for a result that tokio will push.
+    pub fn create_future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let event_loop = self.loop_ref.bind(py).call0()?;
+        if event_loop.is_none() {
             return Err(pyo3::exceptions::PyRuntimeError::new_err("the event loop is gone"));
         }
-        Ok(event_loop.bind(py).call_method0(pyo3::intern!(py, "create_future"))?.unbind())
+        new_future(py, &event_loop)
     }
 }
 
-/// What a call that did not finish at once returns: await it; on
-/// cancellation call [`Pending::abort`] so the engine drops the work.
+/// Set as a pending `_Reply`'s `_abort`: its `cancel()` calls it so the
+/// engine drops the work (and counts the call as cancelled).
 #[pyclass(module = "dreamos_bridge._native", frozen)]
-pub struct Pending {
-    future: Py<PyAny>,
-    abort: tokio::task::AbortHandle,
+pub struct Abort {
+    handle: tokio::task::AbortHandle,
 }
 
-impl Pending {
-    pub fn new(future: Py<PyAny>, abort: tokio::task::AbortHandle) -> Self {
-        Pending { future, abort }
+impl Abort {
+    pub fn new(handle: tokio::task::AbortHandle) -> Self {
+        Abort { handle }
     }
 }
 
 #[pymethods]
-impl Pending {
-    fn __await__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.future.bind(py).call_method0(pyo3::intern!(py, "__await__"))
-    }
-
-    /// Drop the engine work (the engine counts the call as cancelled).
-    fn abort(&self) {
-        self.abort.abort();
+impl Abort {
+    fn __call__(&self) {
+        self.handle.abort();
     }
 }
 

@@ -13,6 +13,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
 
+use crate::capi::str_of;
+
 /// Build a payload from a Python object. `max_depth` is the engine's limit.
 pub fn py_to_payload(obj: &Bound<'_, PyAny>, max_depth: usize) -> Result<Payload, BridgeError> {
     if let Ok(b) = obj.cast::<PyBytes>() {
@@ -43,7 +45,7 @@ fn not_json(obj: &Bound<'_, PyAny>) -> BridgeError {
 /// Python → JSON. `depth` counts containers, as the engine's limit does.
 pub fn py_to_value(obj: &Bound<'_, PyAny>, depth: usize, max_depth: usize) -> Result<Value, BridgeError> {
     if let Ok(s) = obj.cast::<PyString>() {
-        return s.to_cow().map(|s| Value::String(s.into_owned())).map_err(|_| {
+        return str_of(s).map(|s| Value::String(s.into_owned())).map_err(|_| {
             BridgeError::invalid("payload contains a str that is not valid UTF-8 (lone surrogates); encode it first")
         });
     }
@@ -76,7 +78,7 @@ pub fn py_to_value(obj: &Bound<'_, PyAny>, depth: usize, max_depth: usize) -> Re
         for (k, v) in d.iter() {
             let key = match k.cast::<PyString>() {
                 Ok(s) => {
-                    s.to_cow().map_err(|_| BridgeError::invalid("payload has a dict key that is not valid UTF-8"))?
+                    str_of(s).map_err(|_| BridgeError::invalid("payload has a dict key that is not valid UTF-8"))?
                 }
                 Err(_) => {
                     let name = k.get_type().name().map(|n| n.to_string()).unwrap_or_default();

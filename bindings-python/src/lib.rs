@@ -10,23 +10,28 @@
 //! 1. **Stages that never wait run on the caller's thread.** `route` calls the
 //!    core's staged API: `BridgeManager::begin` (validate, authenticate,
 //!    authorize, resolve) and `Call::try_admit` are synchronous.
-//! 2. **Python handlers on the caller's loop are called by Python.** When the
-//!    resolved handler is a `PyHandler` registered on the loop the caller runs
-//!    in and admission succeeded at once, `route` returns a `Direct` object;
-//!    `dreamos_bridge/__init__.py` calls the function (awaiting it if it is a
-//!    coroutine, under the call's deadline) and reports the outcome with
-//!    `Call::finish`, so metrics and limits work as for any other call.
-//! 3. **Everything else is polled once inline.** The rest of the call
-//!    (`admit` + `deliver`, or `publish`, `initialize`, ...) is polled once on
-//!    the caller's thread with the GIL released and the runtime entered; a
-//!    Rust handler usually answers right there, and the result is returned
-//!    with no future at all (the `experimental-async` measurement of ~2 us).
-//! 4. **What must wait goes to tokio and comes back in batches.** A pending
+//! 2. **Python handlers on the caller's loop are called right here.** When
+//!    the resolved handler is a `PyHandler` registered on the loop the caller
+//!    runs in and admission succeeded at once, `route` calls the function
+//!    and steps a coroutine once (`capi::send_none`); if it returned, the
+//!    outcome goes to `Call::finish` (metrics and limits work as for any
+//!    other call). Only a handler that suspends is handed to Python as a
+//!    `Direct`, which runs the rest in a task under the call's deadline.
+//! 3. **Rust handlers answer inline.** A synchronous one (`sync_handler_fn`)
+//!    through `Call::deliver_now`, with no future at all; anything else
+//!    (`admit` + `deliver`, or `publish`, `initialize`, ...) is polled once
+//!    on the caller's thread with the GIL released and the runtime entered,
+//!    and usually finishes there.
+//! 4. **`route` returns an `asyncio.Future`**, already completed when the
+//!    answer came inline (errors too), so `await` returns at once and
+//!    `asyncio.gather` uses it as it is instead of wrapping a coroutine in a
+//!    task (the package's `_Reply`, also a `Coroutine` for `create_task`).
+//! 5. **What must wait goes to tokio and comes back in batches.** A pending
 //!    future is spawned on the process's runtime; its result is pushed to the
 //!    caller loop's `Completer` (a queue plus a socket pair registered with
 //!    `loop.add_reader`): one wake-up drains every result that finished
 //!    meanwhile, instead of one `call_soon_threadsafe` per future.
-//! 5. **Python handlers reached from tokio** (publish's background delivery,
+//! 6. **Python handlers reached from tokio** (publish's background delivery,
 //!    callers on another loop) are scheduled on their own loop with
 //!    `call_soon_threadsafe`; the engine dropping the call cancels the task.
 //!
@@ -36,6 +41,7 @@
 //! and `catch_unwind` on every spawned future turn it into `INTERNAL`).
 
 mod bridge;
+mod capi;
 mod cli;
 mod completer;
 mod convert;
@@ -53,7 +59,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::PyBridge>()?;
     m.add_class::<bridge::Direct>()?;
     m.add_class::<completer::Completer>()?;
-    m.add_class::<completer::Pending>()?;
+    m.add_class::<completer::Abort>()?;
     m.add_class::<handler::Resolver>()?;
     m.add_class::<message::PyMessage>()?;
     m.add_class::<message::PyToken>()?;
@@ -61,6 +67,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_register_errors, m)?)?;
     m.add_function(wrap_pyfunction!(handler::_register_dispatch, m)?)?;
+    m.add_function(wrap_pyfunction!(completer::_register_future_types, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_shutdown_runtime, m)?)?;
     m.add("ERROR_CODES", dreamos_bridge::ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>())?;

@@ -24,14 +24,15 @@ use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt, PyString};
 
-use crate::completer::{Completer, Pending, make_result};
+use crate::completer::{Abort, Completer, make_result};
 use crate::convert::{payload_to_py, py_to_payload, py_to_value, value_to_py};
 use crate::errors::{guard, to_pyerr};
 use crate::handler::{HomeLoop, PyHandler};
 use crate::message::{PyMessage, PyToken, headers_from_py, token_arg};
 use crate::runtime::runtime;
 
-/// Run `fut` on tokio; a `Pending` the caller's loop completes.
+/// Run `fut` on tokio; a pending future the caller's loop completes
+/// (cancelling it drops the work).
 fn spawn<T, F>(
     py: Python<'_>,
     completer: &Completer,
@@ -47,7 +48,7 @@ where
         return Err(to_pyerr(py, &BridgeError::internal("event-loop completer used across fork()")));
     }
     let future = completer.create_future(py)?;
-    let target = future.clone_ref(py);
+    let target = future.clone().unbind();
     let shared = completer.shared.clone();
     let handle = rt.spawn(async move {
         let r = AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|_| {
@@ -55,7 +56,8 @@ where
         });
         shared.push(target, make_result(r, conv));
     });
-    Ok(Py::new(py, Pending::new(future, handle.abort_handle()))?.into_any())
+    future.setattr(pyo3::intern!(py, "_abort"), Abort::new(handle.abort_handle()))?;
+    Ok(future.unbind())
 }
 
 fn conv_payload(py: Python<'_>, p: Payload) -> PyResult<Py<PyAny>> {

@@ -141,3 +141,16 @@ async def test_handler_error_after_shutdown_is_shutdown() -> None:
     await b.shutdown()
     with pytest.raises(db.ShutdownError):
         await b.route("rust.echo", 1)
+
+
+async def test_rust_panic_becomes_internal_error(bridge: BridgeManager) -> None:
+    """A panic in Rust (on the caller's thread, or in a future on tokio) reaches the
+    caller as InternalError; the interpreter and the bridge keep working."""
+    for sync in (True, False):
+        with pytest.raises(db.InternalError) as e:
+            await db._wait(bridge._n._test_panic(db._completer(), sync))
+        assert e.value.code == "INTERNAL"
+        assert "panic" in str(e.value), str(e.value)
+    bridge._n._register_rust_echo("rust.echo")
+    assert await bridge.route("rust.echo", {"after": "panic"}) == {"after": "panic"}
+    assert bridge.running

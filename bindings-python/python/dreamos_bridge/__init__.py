@@ -81,9 +81,10 @@ H = TypeVar("H", bound=Callable[..., Any])
 TokenLike = Union[Token, str]
 
 _Direct = _native.Direct
-_Pending = _native.Pending
 _timeout = getattr(asyncio, "timeout", None)  # Python >= 3.11
 _isawaitable = inspect.isawaitable
+_get_running_loop = asyncio.events._get_running_loop
+_get_ident = threading.get_ident
 
 
 def _dispatch(func: Handler, msg: Message, resolver: Any) -> None:
@@ -108,21 +109,40 @@ def _dispatch(func: Handler, msg: Message, resolver: Any) -> None:
 
 _completers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
 _completers_lock = threading.Lock()
-_tls = threading.local()
+
+
+class _NoLoop:
+    _thread_id = None
+
+
+class _Local(threading.local):
+    # (loop, completer): the loop this thread used last. Only loops with
+    # asyncio's `_thread_id` (BaseEventLoop) are cached; others take the slow path.
+    pair: "tuple[Any, Any]" = (_NoLoop, None)
+
+
+_tls = _Local()
 
 
 def _completer() -> Any:
-    loop = asyncio.get_running_loop()
-    cached = getattr(_tls, "pair", None)
-    if cached is not None and cached[0] is loop:
-        return cached[1]
+    """The running loop's completer (None outside a running loop)."""
+    loop, c = _tls.pair
+    # The loop this thread used last is the running one if it runs on this
+    # thread (one loop at a time per thread): asyncio's get_running_loop()
+    # makes a getpid() system call each time, this check does not.
+    if loop._thread_id == _get_ident():
+        return c
+    loop = _get_running_loop()
+    if loop is None:
+        return None
     with _completers_lock:
         c = _completers.get(loop)
         if c is None:
             c = _native.Completer(loop)
             loop.add_reader(c.fileno(), c._drain)
             _completers[loop] = c
-    _tls.pair = (loop, c)
+    if hasattr(loop, "_thread_id"):
+        _tls.pair = (loop, c)
     return c
 
 
@@ -130,7 +150,7 @@ def _after_fork_in_child() -> None:
     global _tls, _completers, _completers_lock
     _native._after_fork_in_child()
     # The parent's socket pairs are shared with it: start afresh.
-    _tls = threading.local()
+    _tls = _Local()
     _completers = weakref.WeakKeyDictionary()
     _completers_lock = threading.Lock()
 
@@ -142,13 +162,61 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# ---------------------------------------------------------------------------
+# What route() returns. An asyncio Future: asyncio.gather, wait and
+# ensure_future take it as it is (a coroutine would cost a Task each), and
+# awaiting one that is already done returns at once. It is also a Coroutine,
+# so create_task() and asyncio.run() accept it too (the task then just waits
+# for it). Cancelling a pending one drops the engine's work.
+
+
+class _Awaitable(Coroutine[Any, Any, Any]):
+    """The coroutine protocol over a future: a task driving it waits for the future."""
+
+    __slots__ = ()
+
+    def send(self, value: Any) -> Any:
+        fut: "asyncio.Future[Any]" = self  # type: ignore[assignment]
+        if fut.done():
+            raise StopIteration(fut.result())
+        fut._asyncio_future_blocking = True
+        return fut
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        fut: "asyncio.Future[Any]" = self  # type: ignore[assignment]
+        fut.cancel()
+        if val is None:
+            raise typ
+        raise val
+
+    def close(self) -> None:
+        pass
+
+
+class _Reply(asyncio.Future, _Awaitable):  # type: ignore[type-arg]
+    __slots__ = ("_abort",)
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not asyncio.Future.cancel(self, msg):
+            return False
+        abort = getattr(self, "_abort", None)
+        if abort is not None:
+            abort()
+        return True
+
+
+class _ReplyTask(asyncio.Task, _Awaitable):  # type: ignore[type-arg]
+    """A direct call whose handler suspended, running under the call's deadline."""
+
+    __slots__ = ()
+
+
+_native._register_future_types(_Reply, types.CoroutineType, inspect.isawaitable)
+
+
 async def _wait(r: Any) -> Any:
-    if type(r) is _Pending:
-        try:
-            return await r
-        except asyncio.CancelledError:
-            r.abort()
-            raise
+    if type(r) is _Reply:
+        return await r
     return r
 
 
@@ -177,18 +245,14 @@ def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any,
                 return stop.value
 
 
-_START = object()  # an awaitable that has not been stepped yet
-_DONE = object()  # a plain function's reply
-
-
-async def _run_suspended(d: Any, aw: Any, step: Any) -> Any:
+async def _run_suspended(d: Any) -> Any:
     """The rest of a direct call whose handler suspended: under the call's deadline."""
     cm = None
     try:
-        if step is _START:
-            coro = aw
+        if d.started:
+            coro = _resume(d.awaitable, d.step)
         else:
-            coro = _resume(aw, step)
+            coro = d.awaitable
         if _timeout is not None:
             cm = _timeout(d.remaining())
             async with cm:
@@ -314,7 +378,7 @@ class BridgeManager:
 
     # -- the message flow -----------------------------------------------------
 
-    async def route(
+    def route(
         self,
         destination: Union[str, Message],
         payload: Payload = None,
@@ -322,35 +386,36 @@ class BridgeManager:
         token: Optional[TokenLike] = None,
         timeout: Optional[float] = None,
         headers: Optional[Mapping[str, str]] = None,
+    ) -> "Coroutine[Any, Any, Payload]":
+        """Send a request; await the result for the reply. Cancelling the awaiting task cancels the call.
+
+        Inside a running loop the call starts at once and what comes back is
+        an ``asyncio.Future`` (also usable as a coroutine, e.g. with
+        ``asyncio.create_task``); it is already done when the reply came
+        without waiting, e.g. from a handler on this loop or a Rust handler.
+        Outside a running loop it returns a coroutine that makes the call
+        when it runs.
+        """
+        loop, c = _tls.pair  # _completer()'s fast path, inlined
+        if loop._thread_id != _get_ident():
+            c = _completer()
+            if c is None:
+                return self._route_later(destination, payload, token, timeout, headers)
+        r = self._n.route(c, destination, payload, token, timeout, headers)
+        if type(r) is _Direct:
+            # A handler on this loop suspended: run the rest in a task.
+            return _ReplyTask(_run_suspended(r))
+        return r  # type: ignore[no-any-return]
+
+    async def _route_later(
+        self,
+        destination: Union[str, Message],
+        payload: Payload,
+        token: Optional[TokenLike],
+        timeout: Optional[float],
+        headers: Optional[Mapping[str, str]],
     ) -> Payload:
-        """Send a request and return the reply. Cancelling the awaiting task cancels the call."""
-        r = self._n.route(_completer(), destination, payload, token, timeout, headers)
-        t = type(r)
-        if t is _Direct:
-            # A handler on this loop: call it here. A coroutine is stepped once
-            # by hand; most answer without suspending and need no deadline timer.
-            try:
-                x = r.func(r.message)
-                if type(x) is _CoroutineType:
-                    step = x.send(None)
-                elif _isawaitable(x):
-                    step = _START
-                else:
-                    step = _DONE
-            except StopIteration as stop:
-                return r.finish(stop.value)
-            except Exception as e:
-                raise r.fail(e) from e
-            if step is _DONE:
-                return r.finish(x)
-            return await _run_suspended(r, x, step)
-        if t is _Pending:
-            try:
-                return await r
-            except asyncio.CancelledError:
-                r.abort()
-                raise
-        return r
+        return await self.route(destination, payload, token=token, timeout=timeout, headers=headers)
 
     async def publish(
         self,

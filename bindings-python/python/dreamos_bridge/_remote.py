@@ -30,11 +30,9 @@ def _completer() -> Any:
 
 
 async def _wait(r: Any) -> Any:
-    try:
-        return await r
-    except asyncio.CancelledError:
-        r.abort()
-        raise
+    # A pending native call is the package's future: cancelling the awaiting
+    # task cancels it, which drops the work on tokio.
+    return await r
 
 
 class Registration:

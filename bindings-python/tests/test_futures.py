@@ -1,0 +1,149 @@
+"""What route() returns: an asyncio Future that is also a coroutine.
+
+It starts the call at once; a reply that came without waiting is already in
+it; errors are raised where it is awaited; asyncio's helpers (gather,
+create_task, wait_for, run) all take it; cancelling it cancels the call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, List
+
+import pytest
+
+import dreamos_bridge as db
+from dreamos_bridge import BridgeManager, Message
+
+from conftest import count, eventually, require_totals
+
+
+async def test_answer_without_waiting_is_a_done_future(bridge: BridgeManager) -> None:
+    bridge.register_route("agents.sync", lambda m: {"got": m.payload})
+
+    @bridge.handler("agents.async")
+    async def echo(msg: Message) -> Any:
+        return msg.payload
+
+    bridge._n._register_rust_echo("rust.echo")
+    for dest, want in (("agents.sync", {"got": 1}), ("agents.async", 1), ("rust.echo", 1)):
+        f = bridge.route(dest, 1)
+        assert isinstance(f, asyncio.Future) and f.done(), dest
+        assert await f == want
+    # every helper takes it
+    assert await asyncio.gather(*[bridge.route("agents.async", i) for i in range(5)]) == list(range(5))
+    assert await asyncio.create_task(bridge.route("rust.echo", "t")) == "t"
+    assert await asyncio.wait_for(bridge.route("agents.sync", 2), 5) == {"got": 2}
+    # asyncio.wait() refuses coroutines, as it did when route() was a coroutine function
+    done, _ = await asyncio.wait([asyncio.create_task(bridge.route("agents.async", 3))])
+    assert [d.result() for d in done] == [3]
+
+
+async def test_errors_are_raised_at_await(bridge: BridgeManager) -> None:
+    def boom(msg: Message) -> Any:
+        raise ValueError("boom")
+
+    bridge.register_route("agents.boom", boom)
+    f = bridge.route("agents.boom", 1)  # does not raise here
+    g = bridge.route("no.such.route", 1)
+    with pytest.raises(db.HandlerError) as e:
+        await f
+    assert "ValueError: boom" in str(e.value)
+    assert isinstance(e.value.__cause__, ValueError)
+    with pytest.raises(db.RouteNotFoundError):
+        await g
+    with pytest.raises(db.HandlerError):
+        await asyncio.create_task(bridge.route("agents.boom", 1))
+    # text that is not valid UTF-8 (a lone surrogate), as a value or a key
+    for bad in ("\ud800", {"\ud800": 1}, ["ok", "x\udfff"]):
+        with pytest.raises(db.InvalidMessageError) as ie:
+            await bridge.route("agents.boom", bad)
+        assert "UTF-8" in str(ie.value)
+    with pytest.raises(db.InvalidMessageError):
+        await bridge.route("agents.\ud800", 1)
+
+
+async def test_suspending_handler_runs_in_a_task_and_cancels(bridge: BridgeManager) -> None:
+    started = asyncio.Event()
+    cancelled: List[bool] = []
+
+    @bridge.handler("agents.slow")
+    async def slow(msg: Message) -> Any:
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return msg.payload
+
+    @bridge.handler("agents.nap")
+    async def nap(msg: Message) -> Any:
+        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
+        return msg.payload
+
+    assert await bridge.route("agents.nap", "zz") == "zz"
+    assert await asyncio.create_task(bridge.route("agents.nap", "t")) == "t"
+    before = count(require_totals(bridge), "cancelled")
+    f = bridge.route("agents.slow", 1)
+    assert not f.done()
+    await asyncio.wait_for(started.wait(), 5)
+    f.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await f
+    assert cancelled == [True]
+    await eventually(lambda: count(require_totals(bridge), "cancelled") == before + 1)
+    with pytest.raises(db.BridgeTimeoutError):
+        await bridge.route("agents.slow", 1, timeout=0.05)
+
+
+async def test_cancelling_a_pending_future_drops_the_engine_work() -> None:
+    cfg = {"routes": [{"pattern": "rust.q", "max_concurrency": 1, "queue_size": 8}]}
+    async with BridgeManager(cfg) as b:
+        release = asyncio.Event()
+
+        @b.handler("rust.q")
+        async def hold(msg: Message) -> Any:
+            await release.wait()
+            return msg.payload
+
+        first = b.route("rust.q", 1)
+        queued = b.route("rust.q", 2)  # waits on tokio for a slot
+        assert not queued.done()
+        before = count(require_totals(b), "cancelled")
+        assert queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        await eventually(lambda: count(require_totals(b), "cancelled") == before + 1)
+        # the same through a task driving it as a coroutine
+        task = asyncio.create_task(b.route("rust.q", 4))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await eventually(lambda: count(require_totals(b), "cancelled") == before + 2)
+        release.set()
+        assert await first == 1
+        assert await b.route("rust.q", 3) == 3
+
+
+def test_outside_a_running_loop_route_returns_a_coroutine() -> None:
+    b = BridgeManager()
+    asyncio.run(b.initialize())
+    b._n._register_rust_echo("rust.echo")
+    assert asyncio.run(b.route("rust.echo", {"x": 1})) == {"x": 1}
+
+    # and from a thread without a loop, into a loop running elsewhere
+    loop = asyncio.new_event_loop()
+    t = threading.Thread(target=loop.run_forever)
+    t.start()
+    try:
+        fut = asyncio.run_coroutine_threadsafe(b.route("rust.echo", 2), loop)
+        assert fut.result(10) == 2
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        t.join(10)
+        loop.close()
+    asyncio.run(b.shutdown())
