@@ -146,9 +146,10 @@ impl HealthMonitor {
         self.check_failed.load(Ordering::Relaxed)
     }
 
-    /// The status last reported (cheap: no recomputation).
+    /// The status last reported (cheap: an atomic read, no lock; every
+    /// delivery asks).
     pub fn last_reported(&self) -> HealthStatus {
-        self.state.lock().reported
+        self.stats.health()
     }
 
     /// The current health, given the breaker's state and the connections in use.
