@@ -937,12 +937,11 @@ impl Call {
             _ => return AnswerNow::Later(self),
         };
         let Call { mut acct, msg, route, deadline, principal, permit, admitted, rated } = self;
-        let result = match std::panic::catch_unwind(AssertUnwindSafe(|| h.call_now(msg))) {
-            Ok(AnswerNow::Answered(result)) => result,
-            Ok(AnswerNow::Later(msg)) => {
+        let result = match call_now_guarded(&h, msg) {
+            AnswerNow::Answered(result) => result,
+            AnswerNow::Later(msg) => {
                 return AnswerNow::Later(Call { acct, msg, route, principal, deadline, permit, admitted, rated });
             }
-            Err(_) => Err(BridgeError::handler("the handler panicked")),
         };
         drop(permit);
         acct.complete(&result);
@@ -1036,10 +1035,9 @@ async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Messag
         }
     };
     // A handler that never waits answers here: no future, no timer.
-    let msg = match std::panic::catch_unwind(AssertUnwindSafe(|| h.call_now(msg))) {
-        Ok(AnswerNow::Answered(result)) => return result,
-        Ok(AnswerNow::Later(msg)) => msg,
-        Err(_) => return Err(BridgeError::handler("the handler panicked")),
+    let msg = match call_now_guarded(h, msg) {
+        AnswerNow::Answered(result) => return result,
+        AnswerNow::Later(msg) => msg,
     };
     let work = async {
         match AssertUnwindSafe(h.call(msg)).catch_unwind().await {
@@ -1056,6 +1054,12 @@ async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Messag
         ))),
         _ = inner.cancel.cancelled() => Err(BridgeError::shutdown()),
     }
+}
+
+/// [`Handler::call_now`] with a panic turned into `HANDLER_ERROR`.
+fn call_now_guarded(h: &Arc<dyn Handler>, msg: Message) -> AnswerNow<Message> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| h.call_now(msg)))
+        .unwrap_or_else(|_| AnswerNow::Answered(Err(BridgeError::handler("the handler panicked"))))
 }
 
 /// Exponential backoff with full jitter: uniform in `[0, base * 2^n]`,
