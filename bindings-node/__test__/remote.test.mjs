@@ -60,11 +60,14 @@ routes:
     burst: 1
 `
 
-/** Start the server; resolves with {url, stop}. */
-async function startServer() {
+const TLS_DIR = join(ROOT, 'testdata', 'tls')
+
+/** Start the server (over TLS with the test certificate when `tls`); resolves with {url, stop}. */
+async function startServer({ tls = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'dreamos-remote-'))
   const cfg = join(dir, 'bridge.yaml')
-  writeFileSync(cfg, CONFIG)
+  const tlsKeys = `bridge:\n  tls: {cert: ${join(TLS_DIR, 'localhost.cert.pem')}, key: ${join(TLS_DIR, 'localhost.key.pem')}}\n`
+  writeFileSync(cfg, tls ? CONFIG.replace('bridge:\n', tlsKeys) : CONFIG)
   const child = spawn(serverBinary(), ['serve', '--config', cfg, '--echo', 'agents.echo', '--echo', 'limited.echo'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   })
@@ -207,6 +210,29 @@ test('two agent processes share one server-side rate limit', async () => {
     assert.ok('agent' in m.principals && 'agent2' in m.principals)
     await first.close()
     await admin.close()
+  } finally {
+    await server.stop()
+  }
+})
+
+test('over TLS: calls and a served JS handler work with caFile, and trust is required', async () => {
+  const server = await startServer({ tls: true })
+  try {
+    assert.match(server.url, /^https:\/\//)
+    const caFile = join(TLS_DIR, 'localhost.cert.pem')
+    // Without the CA the self-signed server is not trusted.
+    const untrusted = await rejection(BridgeManager.connect(server.url, { api_key: SERVICE }, { timeout: 5 }))
+    assert.equal(untrusted.code, 'SERVICE_UNAVAILABLE')
+    // A CA file that is not there is a configuration error, before any connection.
+    const missing = await rejection(BridgeManager.connect(server.url, { api_key: SERVICE }, { caFile: '/nonexistent/ca.pem' }))
+    assert.equal(missing.code, 'CONFIG')
+    assert.match(missing.message, /ca_file/)
+    const service = await BridgeManager.connect(server.url, { api_key: SERVICE }, { caFile })
+    await service.registerRoute('ext.tls', (msg) => ({ over: 'wss', got: msg.payload }))
+    const agent = await BridgeManager.connect(server.url, { api_key: AGENT }, { caFile })
+    assert.deepEqual(await agent.route('ext.tls', 3), { over: 'wss', got: 3 })
+    await agent.close()
+    await service.close()
   } finally {
     await server.stop()
   }

@@ -97,11 +97,13 @@ impl JsBridgeManager {
     /// `credentials` (`{api_key}` or `{token}` for an OIDC JWT) are exchanged
     /// for a bridge token, renewed before it expires; omit them for a server
     /// without security. `options.timeout`: seconds to wait for the server
-    /// (default 10). Agents connected to one server share its rate limits,
+    /// (default 10); `options.caFile`: a PEM file of CA certificates to trust
+    /// beyond the built-in roots (an `https://` server with a private or
+    /// self-signed certificate). Agents connected to one server share its rate limits,
     /// queues, pools and metrics.
     #[napi(
         catch_unwind,
-        ts_args_type = "url: string, credentials?: Credentials | null, options?: { timeout?: number }",
+        ts_args_type = "url: string, credentials?: Credentials | null, options?: { timeout?: number; caFile?: string }",
         ts_return_type = "Promise<RemoteBridge>"
     )]
     pub fn connect<'e>(

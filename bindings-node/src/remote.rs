@@ -52,6 +52,13 @@ pub(crate) fn connect<'e>(
                     .ok_or_else(|| BridgeError::invalid("options.timeout must be seconds (a number above 0)"))?;
                 opts.connect_timeout = seconds(secs)?;
             }
+            let ca = convert::get_named(e, o, "caFile").map_err(|c| c.into_bridge("options.caFile"))?;
+            if !convert::is_nullish(e, ca) {
+                match convert::to_json(e, ca, 1) {
+                    Ok(serde_json::Value::String(path)) => opts.ca_file = Some(path.into()),
+                    _ => return Err(BridgeError::invalid("options.caFile must be a path (a string)")),
+                }
+            }
         }
         Ok((creds, opts))
     })();

@@ -146,13 +146,14 @@ impl PyRemote {
 impl PyRemote {
     /// Connect and authenticate; handlers registered later default to the caller's loop.
     #[staticmethod]
-    #[pyo3(signature = (completer, url, credentials = None, timeout = None))]
+    #[pyo3(signature = (completer, url, credentials = None, timeout = None, ca_file = None))]
     fn connect(
         py: Python<'_>,
         completer: &Bound<'_, Completer>,
         url: &str,
         credentials: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
+        ca_file: Option<std::path::PathBuf>,
     ) -> PyResult<Py<PyAny>> {
         guard(py, || {
             let creds = match credentials.filter(|c| !c.is_none()) {
@@ -163,6 +164,7 @@ impl PyRemote {
             if let Some(t) = seconds_arg(py, "timeout", timeout)? {
                 opts.connect_timeout = t;
             }
+            opts.ca_file = ca_file;
             let c = completer.get();
             let home: HomeLoop = Arc::new(Mutex::new(Some(c.get_loop(py)?)));
             let url = url.to_string();

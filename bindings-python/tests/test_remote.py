@@ -75,10 +75,17 @@ CONFIG = textwrap.dedent(
 )
 
 
+TLS_DIR = ROOT / "testdata" / "tls"
+
+
 class Server:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, tls: bool = False) -> None:
         cfg = tmp / "bridge.yaml"
-        cfg.write_text(CONFIG)
+        config = CONFIG
+        if tls:
+            cert, key = TLS_DIR / "localhost.cert.pem", TLS_DIR / "localhost.key.pem"
+            config = config.replace("bridge:\n", f"bridge:\n  tls: {{cert: {cert}, key: {key}}}\n", 1)
+        cfg.write_text(config)
         self.log = tmp / "server.log"
         self.proc = subprocess.Popen(
             [str(server_binary()), "serve", "--config", str(cfg), "--echo", "agents.echo", "--echo", "limited.echo"],
@@ -247,3 +254,30 @@ async def test_two_agent_processes_share_one_rate_limit(server: Server) -> None:
     assert {"agent", "agent2"} <= set(m["principals"])
     await first.close()
     await admin.close()
+
+
+async def test_over_tls_a_served_handler_answers_through_wss(tmp_path: Path) -> None:
+    server = Server(tmp_path, tls=True)
+    try:
+        assert server.url.startswith("https://")
+        ca = TLS_DIR / "localhost.cert.pem"
+        # Without the CA, the self-signed server cannot be trusted.
+        with pytest.raises(db.ServiceUnavailableError):
+            await BridgeManager.connect(server.url, {"api_key": SERVICE}, timeout=5)
+        # A CA file that is not there is a configuration error, before any connection.
+        with pytest.raises(db.ConfigError) as ce:
+            await BridgeManager.connect(server.url, {"api_key": SERVICE}, ca_file=tmp_path / "missing.pem")
+        assert "ca_file" in str(ce.value)
+        service = await BridgeManager.connect(server.url, {"api_key": SERVICE}, ca_file=ca)
+
+        @service.handler("ext.tls")
+        async def tool(msg: Message) -> Any:
+            return {"over": "wss", "got": msg.payload}
+
+        await service.wait_routes()
+        agent = await BridgeManager.connect(server.url, {"api_key": AGENT}, ca_file=str(ca))
+        assert await agent.route("ext.tls", 5) == {"over": "wss", "got": 5}
+        await agent.close()
+        await service.close()
+    finally:
+        server.stop()

@@ -15,6 +15,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::ClientOptions;
+use crate::tls::Trust;
 use crate::wire;
 
 /// Extra time the HTTP request gets beyond the call's own deadline, so that
@@ -54,7 +55,12 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    pub(crate) fn new(url: &str, credentials: Option<Credentials>, opts: &ClientOptions) -> Result<Self> {
+    pub(crate) fn new(
+        url: &str,
+        credentials: Option<Credentials>,
+        opts: &ClientOptions,
+        trust: &Trust,
+    ) -> Result<Self> {
         let base = url.trim_end_matches('/').to_string();
         let parsed = reqwest::Url::parse(&base)
             .map_err(|e| BridgeError::config("url", format!("{base:?} is not a URL ({e}): use http://HOST:PORT")))?;
@@ -64,7 +70,13 @@ impl Api {
                 format!("{base:?}: the bridge server URL must start with http:// or https://"),
             ));
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for ca in trust.extra() {
+            let cert = reqwest::Certificate::from_der(ca.as_ref())
+                .map_err(|e| BridgeError::config("ca_file", format!("a certificate is not usable ({e})")))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
             .connect_timeout(opts.connect_timeout)
             .pool_max_idle_per_host(opts.pool_max_idle_per_host)
             // Below the server's 10 s keep-alive idle limit, so a request never

@@ -33,8 +33,10 @@
 
 mod http;
 mod session;
+mod tls;
 pub mod wire;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +65,11 @@ pub struct ClientOptions {
     pub reconnect_max: Duration,
     /// Upper bound on the heartbeat interval (the server proposes one, default 15 s).
     pub heartbeat_max: Duration,
+    /// A PEM file of CA certificates to trust beyond the built-in (Mozilla)
+    /// roots, for an `https://` server with a private or self-signed
+    /// certificate (default none). Used by both the HTTP calls and the
+    /// WebSocket session.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -74,6 +81,7 @@ impl Default for ClientOptions {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             heartbeat_max: Duration::from_secs(15),
+            ca_file: None,
         }
     }
 }
@@ -87,6 +95,8 @@ pub struct RemoteBridge {
 
 struct Inner {
     api: Arc<Api>,
+    /// TLS for the WebSocket session to an `https://` server.
+    tls: Option<tokio_rustls::TlsConnector>,
     opts: ClientOptions,
     session: Mutex<Option<Arc<Session>>>,
     cancel: CancellationToken,
@@ -120,14 +130,16 @@ impl RemoteBridge {
     }
 
     async fn open(url: &str, credentials: Option<Credentials>, opts: ClientOptions) -> Result<RemoteBridge> {
-        let api = Arc::new(Api::new(url, credentials, &opts)?);
+        let trust = tls::Trust::load(opts.ca_file.as_deref())?;
+        let api = Arc::new(Api::new(url, credentials, &opts, &trust)?);
+        let tls = if api.base().starts_with("https://") { Some(trust.connector()?) } else { None };
         if api.credentials().is_some() {
             api.login().await?;
         } else {
             api.health().await?;
         }
         Ok(RemoteBridge {
-            inner: Arc::new(Inner { api, opts, session: Mutex::new(None), cancel: CancellationToken::new() }),
+            inner: Arc::new(Inner { api, tls, opts, session: Mutex::new(None), cancel: CancellationToken::new() }),
         })
     }
 
@@ -175,19 +187,15 @@ impl RemoteBridge {
     pub async fn register_route(&self, pattern: &str, handler: Arc<dyn Handler>) -> Result<()> {
         self.check_open()?;
         dreamos_bridge::routing::subject::validate_pattern(pattern)?;
-        if self.inner.api.base().starts_with("https://") {
-            // tokio-tungstenite is built without TLS here (its rustls roots feature would add a
-            // second webpki-roots version); say so instead of failing on every reconnect.
-            return Err(BridgeError::config(
-                "url",
-                "serving routes needs the WebSocket session, and this build has no TLS for it (wss://): \
-                 connect to the server over http:// (loopback or a private network), or call only route/publish over https://",
-            ));
-        }
         let session = {
             let mut slot = self.inner.session.lock();
             slot.get_or_insert_with(|| {
-                Arc::new(Session::start(self.inner.api.clone(), self.inner.opts.clone(), self.inner.cancel.clone()))
+                Arc::new(Session::start(
+                    self.inner.api.clone(),
+                    self.inner.tls.clone(),
+                    self.inner.opts.clone(),
+                    self.inner.cancel.clone(),
+                ))
             })
             .clone()
         };

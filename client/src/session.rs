@@ -20,6 +20,7 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -29,7 +30,7 @@ use crate::ClientOptions;
 use crate::http::Api;
 use crate::wire;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = tokio_tungstenite::WebSocketStream<crate::tls::Stream>;
 
 enum Command {
     Subscribe(String, oneshot::Sender<Result<()>>),
@@ -40,6 +41,8 @@ enum Command {
 struct Shared {
     api: Arc<Api>,
     ws_url: String,
+    /// TLS for a `wss://` server (same trust as the HTTP half); `None` for `ws://`.
+    tls: Option<TlsConnector>,
     opts: ClientOptions,
     /// The handlers by pattern (most specific wins, as in the engine).
     handlers: RwLock<RouteTable<Arc<dyn Handler>>>,
@@ -58,11 +61,17 @@ pub(crate) struct Session {
 
 impl Session {
     /// Start the socket task (it connects at once).
-    pub(crate) fn start(api: Arc<Api>, opts: ClientOptions, cancel: CancellationToken) -> Session {
+    pub(crate) fn start(
+        api: Arc<Api>,
+        tls: Option<TlsConnector>,
+        opts: ClientOptions,
+        cancel: CancellationToken,
+    ) -> Session {
         let ws_url = ws_url(api.base());
         let shared = Arc::new(Shared {
             api,
             ws_url,
+            tls,
             opts,
             handlers: RwLock::new(RouteTable::new()),
             confirmed: Mutex::new(HashSet::new()),
@@ -204,18 +213,28 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(1.0 - f64::from(nanos % 1000) / 4000.0)
 }
 
+/// TCP (and TLS for `wss://`), then the WebSocket handshake.
+async fn open_socket(shared: &Shared) -> std::result::Result<Socket, String> {
+    let url = reqwest::Url::parse(&shared.ws_url).map_err(|e| format!("bad URL: {e}"))?;
+    let host = url.host_str().ok_or("the URL has no host")?;
+    let port = url.port_or_known_default().ok_or("the URL has no port")?;
+    let stream = crate::tls::open(host, port, shared.tls.as_ref()).await.map_err(|e| e.to_string())?;
+    let (socket, _) =
+        tokio_tungstenite::client_async(shared.ws_url.as_str(), stream).await.map_err(|e| e.to_string())?;
+    Ok(socket)
+}
+
 /// Open the socket and authenticate; the heartbeat interval the server asked for.
 async fn connect(shared: &Shared) -> Result<(Socket, Duration)> {
     let limit = shared.opts.connect_timeout;
     let unavailable = |what: String| {
         BridgeError::new(ErrorCode::ServiceUnavailable, format!("bridge server WebSocket {}: {what}", shared.ws_url))
     };
-    let (mut socket, _) =
-        match tokio::time::timeout(limit, tokio_tungstenite::connect_async(shared.ws_url.as_str())).await {
-            Err(_) => return Err(unavailable(format!("no connection within {:.1}s", limit.as_secs_f64()))),
-            Ok(Err(e)) => return Err(unavailable(format!("cannot connect ({e}): is `dreamos-bridge serve` running?"))),
-            Ok(Ok(s)) => s,
-        };
+    let mut socket = match tokio::time::timeout(limit, open_socket(shared)).await {
+        Err(_) => return Err(unavailable(format!("no connection within {:.1}s", limit.as_secs_f64()))),
+        Ok(Err(e)) => return Err(unavailable(format!("cannot connect ({e}): is `dreamos-bridge serve` running?"))),
+        Ok(Ok(s)) => s,
+    };
     let auth = match shared.api.credentials() {
         Some(c) => json!({"type": "auth", "credentials": wire::credentials_json(c)}),
         None => json!({"type": "auth"}),

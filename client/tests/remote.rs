@@ -315,3 +315,84 @@ async fn the_session_comes_back_after_the_server_restarts() {
     service.close();
     s.stop().await.unwrap();
 }
+
+/// A server with a certificate the test makes (rcgen), written to a temp dir.
+struct TestCert {
+    dir: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+impl TestCert {
+    fn new(tag: &str) -> TestCert {
+        let dir = std::env::temp_dir().join(format!("dreamos-client-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        TestCert { dir, cert, key }
+    }
+
+    fn yaml(&self) -> String {
+        config().replacen(
+            "bridge:\n",
+            &format!("bridge:\n  tls:\n    cert: {}\n    key: {}\n", self.cert.display(), self.key.display()),
+            1,
+        )
+    }
+}
+
+impl Drop for TestCert {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn over_tls_both_calls_and_served_routes_work() {
+    let cert = TestCert::new("ok");
+    let s = TestServer::start(&cert.yaml(), handlers).await;
+    // The certificate names `localhost`, so connect by that name.
+    let url = format!("https://localhost:{}", s.addr.port());
+    let opts = ClientOptions { ca_file: Some(cert.cert.clone()), ..ClientOptions::default() };
+    let service = RemoteBridge::connect(&url, &Credentials::ApiKey(SERVICE.into()), opts.clone()).await.unwrap();
+    // Serving goes over the wss:// session ...
+    service
+        .register_route(
+            "ext.tls",
+            handler_fn(
+                |m: Message| async move { Ok(Payload::Json(json!({"over": "tls", "got": m.payload.to_json()}))) },
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(service.routes(), vec!["ext.tls".to_string()]);
+    // ... and another client's call over https reaches it.
+    let agent = RemoteBridge::connect(&url, &Credentials::ApiKey(AGENT.into()), opts).await.unwrap();
+    let reply = agent.route(msg("ext.tls", json!(7)), CallOptions::default()).await.unwrap();
+    assert_eq!(reply, Payload::Json(json!({"over": "tls", "got": 7})));
+    service.close();
+    agent.close();
+    s.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn over_tls_an_untrusted_certificate_or_a_bad_ca_file_is_refused_clearly() {
+    let cert = TestCert::new("refused");
+    let s = TestServer::start(&cert.yaml(), handlers).await;
+    let url = format!("https://localhost:{}", s.addr.port());
+    let creds = Credentials::ApiKey(SERVICE.into());
+    // Without the CA the handshake fails: the server cannot be reached safely.
+    let e = RemoteBridge::connect(&url, &creds, ClientOptions::default()).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::ServiceUnavailable, "{e}");
+    // A missing or non-PEM CA file is a CONFIG error naming the option, before any connection.
+    let missing = ClientOptions { ca_file: Some(cert.dir.join("nope.pem")), ..ClientOptions::default() };
+    let e = RemoteBridge::connect(&url, &creds, missing).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Config, "{e}");
+    assert!(e.message().contains("ca_file") && e.message().contains("nope.pem"), "{e}");
+    let not_pem = ClientOptions { ca_file: Some(cert.key.clone()), ..ClientOptions::default() };
+    let e = RemoteBridge::connect(&url, &creds, not_pem).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Config, "{e}");
+    s.stop().await.unwrap();
+}

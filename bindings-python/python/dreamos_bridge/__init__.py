@@ -306,17 +306,25 @@ class BridgeManager:
 
     @classmethod
     async def connect(
-        cls, url: str, credentials: Optional[Mapping[str, str]] = None, *, timeout: Optional[float] = None
+        cls,
+        url: str,
+        credentials: Optional[Mapping[str, str]] = None,
+        *,
+        timeout: Optional[float] = None,
+        ca_file: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> "RemoteBridge":
         """Connect to a running ``dreamos-bridge serve`` at ``url`` instead of embedding the engine.
 
         ``credentials`` (``{"api_key": ...}`` or ``{"token": <OIDC JWT>}``) are
         exchanged for a bridge token, renewed before it expires; None for a
         server without security. ``timeout``: seconds to wait for the server
-        (default 10). Agents connected to one server share its rate limits,
-        queues, pools and metrics; see :class:`RemoteBridge`.
+        (default 10). ``ca_file``: a PEM file of CA certificates to trust
+        beyond the built-in roots, for an ``https://`` server with a private or
+        self-signed certificate (used by calls and by served routes alike).
+        Agents connected to one server share its rate limits, queues, pools
+        and metrics; see :class:`RemoteBridge`.
         """
-        return await RemoteBridge._connect(url, credentials, timeout)
+        return await RemoteBridge._connect(url, credentials, timeout, ca_file)
 
     # -- lifecycle ------------------------------------------------------------
 

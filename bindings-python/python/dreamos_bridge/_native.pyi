@@ -1,6 +1,7 @@
 """Type stubs of the private native module (checked by ``mypy.stubtest``)."""
 
 import asyncio
+import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Type, Union, final
 
 
@@ -146,6 +147,7 @@ class Remote:
         url: str,
         credentials: Optional[Mapping[str, str]] = None,
         timeout: Optional[float] = None,
+        ca_file: Optional[Union[str, "os.PathLike[str]"]] = None,
     ) -> "asyncio.Future[Any]": ...
     @property
     def url(self) -> str: ...

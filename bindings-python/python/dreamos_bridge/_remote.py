@@ -11,6 +11,7 @@ WebSocket session serving this process's handlers, reconnects).
 from __future__ import annotations
 
 import asyncio
+import os
 from types import TracebackType
 from typing import Any, Callable, Dict, Generator, List, Mapping, Optional, Type, TypeVar, Union
 
@@ -61,10 +62,14 @@ class RemoteBridge:
 
     @classmethod
     async def _connect(
-        cls, url: str, credentials: Optional[Mapping[str, str]], timeout: Optional[float]
+        cls,
+        url: str,
+        credentials: Optional[Mapping[str, str]],
+        timeout: Optional[float],
+        ca_file: Optional[Union[str, "os.PathLike[str]"]],
     ) -> "RemoteBridge":
         creds = dict(credentials) if credentials is not None else None
-        native = await _wait(_native.Remote.connect(_completer(), url, creds, timeout))
+        native = await _wait(_native.Remote.connect(_completer(), url, creds, timeout, ca_file))
         self = cls.__new__(cls)
         self._n = native
         self._registrations = []

@@ -40,7 +40,8 @@ impl TestServer {
             })
             .await
         });
-        let ts = TestServer { addr, url: format!("http://{addr}"), server, stop: Some(tx), task: Some(task) };
+        let scheme = if server.state().options.tls.is_some() { "https" } else { "http" };
+        let ts = TestServer { addr, url: format!("{scheme}://{addr}"), server, stop: Some(tx), task: Some(task) };
         for _ in 0..200 {
             if ts.server.bridge().is_running() {
                 break;
