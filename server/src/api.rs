@@ -326,7 +326,9 @@ async fn route(
 ) -> ApiResult<Response> {
     let bridge = state.bridge();
     let (msg, opts) = message_request(&bridge, &headers, body)?;
-    let reply = bridge.route(msg, opts).await?;
+    // Boxed once here: the delivery future is large, and unboxed it would be
+    // copied into every future the router wraps around this handler.
+    let reply = Box::pin(bridge.route(msg, opts)).await?;
     Ok(reply_response(&reply))
 }
 
