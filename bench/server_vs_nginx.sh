@@ -7,7 +7,9 @@
 # `dreamos-bridge serve`, whose config routes `bench.http.>` to the service
 # (POST /v1/route). "Added" latency is each hop's percentile minus the direct
 # one. Everything shares the machine's cores, so compare the lines, not the
-# absolute numbers.
+# absolute numbers. "CPU us/req" is the CPU time (all threads, user + system,
+# from /proc) the hop's process spent per request during its run: unlike
+# latency it barely moves with what else the machine is doing.
 #
 # Usage: bench/server_vs_nginx.sh BIN [CONCURRENCY] [REQUESTS]
 set -euo pipefail
@@ -86,34 +88,57 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 
+# CPU time (user + system, clock ticks) of processes and all their threads:
+# what a hop costs per request, whatever else the machine is doing.
+cpu_ticks() {
+    local t=0 f
+    for p in "$@"; do
+        for f in /proc/"$p"/task/*/stat; do
+            t=$((t + $(awk '{print $14 + $15}' "$f" 2>/dev/null || echo 0)))
+        done
+    done
+    echo "$t"
+}
+nginx_pids() { pgrep -P "${pids[1]}" | tr '\n' ' '; }
+echo_pid=${pids[0]}
+bridge_pid=${pids[2]}
+HZ=$(getconf CLK_TCK)
+
 payload='{"n":1,"text":"hello"}'
-run() { # label, then bench arguments
-    local label=$1; shift
-    "$BIN" bench --concurrency "$CONC" --requests "$REQS" --payload "$payload" --json --label "$label" "$@" 2>/dev/null
+run() { # label, hop pids ("" for none), then bench arguments; adds hop_cpu_us per request
+    local label=$1 hop=$2; shift 2
+    local before after out
+    before=$(cpu_ticks $hop)
+    out=$("$BIN" bench --concurrency "$CONC" --requests "$REQS" --payload "$payload" --json --label "$label" "$@" 2>/dev/null)
+    after=$(cpu_ticks $hop)
+    python3 -c 'import json,sys; r=json.loads(sys.argv[1]); r["hop_cpu_us"]=(int(sys.argv[2])*1e6/int(sys.argv[4]))/int(sys.argv[3]); print(json.dumps(r))' \
+        "$out" "$((after - before))" "$REQS" "$HZ"
 }
 # Warm-up (connection pools, nginx workers), then the measured runs.
-run warm --raw-url http://127.0.0.1:$NGINX_PORT/echo > /dev/null
-run warm --url http://127.0.0.1:$BRIDGE_PORT --destination bench.http.echo > /dev/null
-direct=$(run direct --raw-url http://127.0.0.1:$ECHO_PORT/echo)
-nginx=$(run "via nginx" --raw-url http://127.0.0.1:$NGINX_PORT/echo)
-bridge=$(run "via bridge" --url http://127.0.0.1:$BRIDGE_PORT --destination bench.http.echo)
+run warm "" --raw-url http://127.0.0.1:$NGINX_PORT/echo > /dev/null
+run warm "" --url http://127.0.0.1:$BRIDGE_PORT --destination bench.http.echo > /dev/null
+direct=$(run direct "$echo_pid" --raw-url http://127.0.0.1:$ECHO_PORT/echo)
+nginx=$(run "via nginx" "$(nginx_pids)" --raw-url http://127.0.0.1:$NGINX_PORT/echo)
+bridge=$(run "via bridge" "$bridge_pid" --url http://127.0.0.1:$BRIDGE_PORT --destination bench.http.echo)
 
 python3 - "$CONC" "$REQS" "$direct" "$nginx" "$bridge" <<'PY'
 import json, sys
 conc, reqs = sys.argv[1], sys.argv[2]
 d, n, b = (json.loads(a) for a in sys.argv[3:6])
 print(f"POST to one HTTP echo service, {conc} in flight, {reqs} requests each:")
-print(f"{'path':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}{'added p99':>11}{'errors':>8}")
+print(f"{'path':<12}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'added p50':>11}{'added p99':>11}{'CPU us/req':>12}{'errors':>8}")
 for r in (d, n, b):
     a50, a99 = r["p50_ms"] - d["p50_ms"], r["p99_ms"] - d["p99_ms"]
     added = (f"{a50:>11.3f}{a99:>11.3f}") if r is not d else f"{'-':>11}{'-':>11}"
-    print(f"{r['label']:<12}{r['throughput']:>9.0f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{added}{r['errors']:>8}")
+    print(f"{r['label']:<12}{r['throughput']:>9.0f}{r['p50_ms']:>9.3f}{r['p99_ms']:>9.3f}{added}{r['hop_cpu_us']:>12.1f}{r['errors']:>8}")
 def ratio(x, y):
     # A negative "added" figure is noise (the hop measured faster than direct in this run).
     return f"{x / y:.2f}" if y > 0 and x >= 0 else "n/a (an added figure is below zero: noise, run again)"
+cpu = f", CPU per request {b['hop_cpu_us'] / n['hop_cpu_us']:.2f}x nginx's" if n["hop_cpu_us"] > 0 else ""
 print(f"bridge hop / nginx hop: added p50 {ratio(b['p50_ms'] - d['p50_ms'], n['p50_ms'] - d['p50_ms'])}, "
       f"added p99 {ratio(b['p99_ms'] - d['p99_ms'], n['p99_ms'] - d['p99_ms'])}, "
-      f"throughput {b['throughput'] / n['throughput']:.2f}x nginx's")
+      f"throughput {b['throughput'] / n['throughput']:.2f}x nginx's{cpu}")
+print("(CPU us/req: the echo service's own CPU for direct; the hop process's CPU, all threads, for nginx and the bridge)")
 if d["errors"] or n["errors"] or b["errors"]:
     sys.exit("errors during the run: the figures are not comparable")
 PY

@@ -2,6 +2,7 @@
 //! router. Each handler converts the request and calls the bridge; the
 //! flow itself (validation, auth, limits, delivery) is the core's.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use dreamos_bridge::{Action, BridgeError, BridgeManager, CallOptions, Credentials, ErrorCode, Message};
+use dreamos_bridge::{Action, BridgeError, BridgeManager, CallOptions, Credentials, ErrorCode, Message, Payload};
 use serde_json::{Value, json};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
@@ -63,9 +64,8 @@ pub mod resources {
 
 /// The application router (without the connection-level limits).
 pub fn router(state: Arc<AppState>) -> Router {
-    let cors = cors_layer(&state.options.allowed_origins);
     let body_limit = state.options.body_limit;
-    Router::new()
+    let router = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .route("/openapi.json", get(openapi))
@@ -83,9 +83,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(RequestBodyTimeoutLayer::new(state.options.body_read_timeout))
-        .layer(cors)
-        .with_state(state)
+        .layer(RequestBodyTimeoutLayer::new(state.options.body_read_timeout));
+    // Without allowed origins there is nothing for CORS to allow: a browser
+    // refuses the cross-origin call without the layer just as it does with
+    // an empty list, and no request pays for the layer's `Vary` headers.
+    let router = if state.options.allowed_origins.is_empty() {
+        router
+    } else {
+        router.layer(cors_layer(&state.options.allowed_origins))
+    };
+    router.with_state(state)
 }
 
 fn static_file(content_type: &'static str, body: &'static str) -> Response {
@@ -134,7 +141,13 @@ fn bearer(headers: &HeaderMap) -> ApiResult<Option<String>> {
 
 /// The request body as JSON; an oversize body is 413, bad JSON 400.
 fn json_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
-    let bytes = body.map_err(|rej| {
+    let bytes = body_bytes(body)?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))
+}
+
+/// The request body; an oversize body is 413.
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|rej| {
         let status = rej.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::with_status(
@@ -146,8 +159,7 @@ fn json_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
         } else {
             ApiError::invalid(format!("could not read the request body: {}", rej.body_text()))
         }
-    })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))
+    })
 }
 
 /// Admin endpoints need security on and a token whose roles grant `admin` on `resource`.
@@ -208,6 +220,30 @@ async fn auth_token(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
     .into_response())
 }
 
+/// The body of `/v1/route` and `/v1/publish`, read in one pass into its
+/// fields (no intermediate map of keys to pick apart); `id` is borrowed from
+/// the request bytes. Unknown and duplicate fields are refused.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageBody<'a> {
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    destination: Option<String>,
+    #[serde(default)]
+    payload: Option<Value>,
+    #[serde(default)]
+    headers: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    timeout: Option<f64>,
+    #[serde(default)]
+    priority: Option<i64>,
+}
+
+/// What a message body looks like, for errors.
+const MESSAGE_SHAPE: &str = "expected a JSON object {\"destination\": subject string, \"payload\": any JSON, \
+     \"id\"?: UUID string, \"headers\"?: object of strings, \"timeout\"?: seconds, \"priority\"?: integer}";
+
 /// A `/v1/route` or `/v1/publish` body as a message and call options, its
 /// signature checked (see [`crate::signing`]).
 fn message_request(
@@ -216,53 +252,36 @@ fn message_request(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(Message, CallOptions)> {
     let token = bearer(headers)?;
-    let Value::Object(mut body) = json_body(body)? else {
-        return Err(ApiError::invalid("the body must be a JSON object {\"destination\", \"payload\", ...}"));
+    let bytes = body_bytes(body)?;
+    let body: MessageBody = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::invalid(format!("the body is not a valid message ({e}): {MESSAGE_SHAPE}"))
+        }
+        _ => ApiError::invalid(format!("the request body is not valid JSON: {e}")),
+    })?;
+    let Some(destination) = body.destination else {
+        return Err(ApiError::invalid("`destination` (a subject string) is required"));
     };
-    let destination = match body.remove("destination") {
-        Some(Value::String(d)) => d,
-        _ => return Err(ApiError::invalid("`destination` (a subject string) is required")),
-    };
-    let mut msg = Message::new(destination, payload_from_json(body.remove("payload").unwrap_or(Value::Null)));
+    let mut msg = Message::new(destination, payload_from_json(body.payload.unwrap_or(Value::Null)));
     // A client-chosen id: a signed message needs one, because the MAC covers it.
-    let body_had_id = matches!(body.get("id"), Some(Value::String(_)));
-    match body.remove("id") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(id)) => {
-            msg.id = Uuid::parse_str(&id)
-                .map_err(|_| ApiError::invalid(format!("`id` {id:?} is not a UUID (hyphenated, as signed)")))?;
-        }
-        Some(_) => return Err(ApiError::invalid("`id` must be a UUID string")),
+    let body_had_id = body.id.is_some();
+    if let Some(id) = body.id {
+        msg.id = Uuid::parse_str(&id)
+            .map_err(|_| ApiError::invalid(format!("`id` {id:?} is not a UUID (hyphenated, as signed)")))?;
     }
-    match body.remove("headers") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(h)) => {
-            for (k, v) in h {
-                let Value::String(v) = v else {
-                    return Err(ApiError::invalid(format!("header {k:?} must be a string")));
-                };
-                msg.headers.push((k, v));
-            }
-        }
-        Some(_) => return Err(ApiError::invalid("`headers` must be an object of strings")),
+    for (k, v) in body.headers.unwrap_or_default() {
+        let Value::String(v) = v else {
+            return Err(ApiError::invalid(format!("header {k:?} must be a string")));
+        };
+        msg.headers.push((k, v));
     }
-    let timeout = match body.remove("timeout") {
-        None | Some(Value::Null) => None,
-        Some(v) => match v.as_f64() {
-            Some(t) if t.is_finite() && t > 0.0 && t < 86_400.0 => Some(Duration::from_secs_f64(t)),
-            _ => return Err(ApiError::invalid("`timeout` must be a number of seconds above 0")),
-        },
+    let timeout = match body.timeout {
+        None => None,
+        Some(t) if t.is_finite() && t > 0.0 && t < 86_400.0 => Some(Duration::from_secs_f64(t)),
+        Some(_) => return Err(ApiError::invalid("`timeout` must be a number of seconds above 0")),
     };
-    if let Some(p) = body.remove("priority") {
-        msg.priority = p
-            .as_i64()
-            .and_then(|p| i32::try_from(p).ok())
-            .ok_or_else(|| ApiError::invalid("`priority` must be an integer"))?;
-    }
-    if let Some(k) = body.keys().next() {
-        return Err(ApiError::invalid(format!(
-            "unknown field {k:?}: expected id, destination, payload, headers, timeout, priority"
-        )));
+    if let Some(p) = body.priority {
+        msg.priority = i32::try_from(p).map_err(|_| ApiError::invalid("`priority` must be an integer"))?;
     }
     let signature = match headers.get(signing::HEADER) {
         None => None,
@@ -282,6 +301,24 @@ fn message_request(
     Ok((msg, CallOptions { token, timeout }))
 }
 
+/// `{"payload": <reply>}`, written straight from the reply (no JSON tree
+/// built around it, no copy of the payload).
+fn reply_response(reply: &Payload) -> Response {
+    let mut out = Vec::with_capacity(64);
+    out.extend_from_slice(b"{\"payload\":");
+    let written = match reply {
+        Payload::Json(v) => serde_json::to_writer(&mut out, v),
+        Payload::Bytes(_) => serde_json::to_writer(&mut out, &reply.to_json()),
+    };
+    if let Err(e) = written {
+        return ApiError::new(BridgeError::internal(format!("the reply could not be serialized: {e}"))).into_response();
+    }
+    out.push(b'}');
+    let mut resp = Response::new(axum::body::Body::from(out));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
 async fn route(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -289,8 +326,10 @@ async fn route(
 ) -> ApiResult<Response> {
     let bridge = state.bridge();
     let (msg, opts) = message_request(&bridge, &headers, body)?;
-    let reply = bridge.route(msg, opts).await?;
-    Ok(axum::Json(json!({ "payload": reply.to_json() })).into_response())
+    // Boxed once here: the delivery future is large, and unboxed it would be
+    // copied into every future the router wraps around this handler.
+    let reply = Box::pin(bridge.route(msg, opts)).await?;
+    Ok(reply_response(&reply))
 }
 
 async fn publish(

@@ -165,6 +165,35 @@ async fn bad_bodies() {
     // Bad timeout.
     let (st, _, v) = post(&route, None, json!({"destination": "agents.echo", "timeout": -1})).await;
     assert_error(st, &v, 400, "INVALID_MESSAGE");
+    // Fields of the wrong type, each named in the message.
+    for (body, field) in [
+        (json!({"destination": 5}), "destination"),
+        (json!({"destination": "agents.echo", "id": 7}), "id"),
+        (json!({"destination": "agents.echo", "headers": {"h": 1}}), "\"h\""),
+        (json!({"destination": "agents.echo", "priority": "high"}), "priority"),
+        (json!({"destination": "agents.echo", "priority": 1u64 << 40}), "priority"),
+    ] {
+        let (st, _, v) = post(&route, None, body.clone()).await;
+        assert_error(st, &v, 400, "INVALID_MESSAGE");
+        let m = v["message"].as_str().unwrap();
+        assert!(m.contains(field) || m.contains("invalid type"), "{body}: {m}");
+    }
+    // A field given twice is refused, not silently overwritten.
+    let r = c
+        .post(&route)
+        .header("content-type", "application/json")
+        .body(r#"{"destination": "agents.echo", "destination": "other.place", "payload": 1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert!(v["message"].as_str().unwrap().contains("duplicate field"), "{v}");
+    // No payload is a null payload; escaped strings come through unescaped.
+    let (st, _, v) = post(&route, None, json!({"destination": "agents.echo"})).await;
+    assert_eq!((st, v), (200, json!({"payload": null})));
+    let (st, _, v) = post(&route, None, json!({"destination": "agents.echo", "payload": "a\"b\\c\u{e9}"})).await;
+    assert_eq!((st, v), (200, json!({"payload": "a\"b\\c\u{e9}"})));
     // Unknown endpoint and wrong method: JSON errors too.
     let (st, v) = get(&format!("{}/v2/nothing", s.url), None).await;
     assert_error(st, &v, 404, "ROUTE_NOT_FOUND");
