@@ -218,4 +218,8 @@ pub struct Connection {
     /// Accept any TLS certificate (self-signed test servers only).
     #[arg(long)]
     pub insecure: bool,
+    /// Also trust the CA certificates in this PEM file (a server with a
+    /// private or self-signed certificate), e.g. `--ca-file ca.pem`.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<std::path::PathBuf>,
 }

@@ -38,7 +38,20 @@ async fn read_json(resp: reqwest::Response) -> Result<Value> {
 impl Client {
     /// Connect (and exchange the API key for a token).
     pub async fn connect(conn: &Connection, pool: usize) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &conn.ca_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| ClientError(format!("--ca-file {}: cannot read it ({e})", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| ClientError(format!("--ca-file {}: not PEM certificates ({e})", path.display())))?;
+            if certs.is_empty() {
+                return Err(ClientError(format!("--ca-file {}: holds no certificate", path.display())));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder
             .danger_accept_invalid_certs(conn.insecure)
             .pool_max_idle_per_host(pool)
             .build()

@@ -284,3 +284,45 @@ async fn token_issue_is_accepted_by_a_server_with_the_same_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("signing_keys"));
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn route_command_over_tls_trusts_a_ca_file() {
+    let certs = concat!(env!("CARGO_MANIFEST_DIR"), "/../testdata/tls");
+    let config = tmp(
+        "tls.yaml",
+        &format!(
+            "bridge:\n  host: 127.0.0.1\n  port: 0\n  tls: {{cert: {certs}/localhost.cert.pem, key: {certs}/localhost.key.pem}}\n"
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--echo", "cli.echo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.trim().rsplit(' ').next().unwrap().to_string();
+    let served = Served { child, url };
+    assert!(served.url.starts_with("https://127.0.0.1:"), "{line}");
+    let route = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["route", "cli.echo", "\"over tls\"", "--url", &served.url])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // The test certificate is self-signed: without its CA the command fails ...
+    let out = route(&[]);
+    assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // ... with it, the reply comes back.
+    let out = route(&["--ca-file", &format!("{certs}/localhost.cert.pem")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("over tls"), "{}", String::from_utf8_lossy(&out.stdout));
+    // A CA file that is not there is reported by name.
+    let out = route(&["--ca-file", "/nonexistent/ca.pem"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ca-file /nonexistent/ca.pem"));
+}
