@@ -9,6 +9,7 @@
 mod convert;
 mod direct;
 mod handler;
+mod json_text;
 mod remote;
 mod settle;
 mod watch;
@@ -42,6 +43,14 @@ fn unknown<'a>(env: sys::napi_env, v: RawValue) -> Unknown<'a> {
 
 fn raw(v: &Option<Unknown<'_>>) -> Option<RawValue> {
     v.as_ref().map(|u| u.raw())
+}
+
+/// At load, per env (main thread or worker): give `route()` its JSON-text
+/// fast path (see [`json_text`]).
+#[napi(module_exports)]
+pub fn init(exports: napi::bindgen_prelude::Object<'_>, env: Env) -> napi::Result<()> {
+    json_text::install_route(env.raw(), exports.raw());
+    Ok(())
 }
 
 /// The bridge: one engine, shared by every clone and every call.
@@ -180,6 +189,29 @@ impl JsBridgeManager {
         self.bridge.register_route(&pattern, handler::rust_echo()).map_err(|e| throw(env.raw(), &e))
     }
 
+    /// `route(destination, payload)` for a plain JSON payload written as
+    /// text by the JS side of `route()` (see `json_text`): an immediate JSON
+    /// reply comes back as JSON text, anything else as the Promise `route()`
+    /// would return; `undefined` when the text is not what the walk would
+    /// have read (too deep), for `route()` to take over.
+    #[napi(js_name = "__routeText", skip_typescript, catch_unwind)]
+    pub fn route_text<'e>(
+        &self,
+        env: &'e Env,
+        destination: Unknown<'_>,
+        text: Unknown<'_>,
+    ) -> napi::Result<Unknown<'e>> {
+        let e = env.raw();
+        let parsed = convert::get_string(e, text.raw()).ok().and_then(|t| json_text::parse(&t, self.max_depth));
+        let Some(payload) = parsed else {
+            return Ok(unknown(e, convert::undefined(e).map_err(|err| throw(e, &err))?));
+        };
+        let msg = convert::get_string(e, destination.raw())
+            .map_err(|c| c.into_bridge("destination"))
+            .map(|dest| (Message::new(dest, Payload::Json(payload)), CallOptions::default()));
+        self.dispatch(e, msg, true)
+    }
+
     /// Request/reply: resolves with the reply payload, or rejects with an
     /// `Error` whose `.code` says why. `timeout` is in seconds.
     #[napi(
@@ -195,35 +227,8 @@ impl JsBridgeManager {
         options: Option<Unknown<'_>>,
     ) -> napi::Result<Unknown<'e>> {
         let e = env.raw();
-        let begun = self
-            .message(e, destination_or_message.raw(), raw(&payload), raw(&options))
-            .and_then(|(msg, opts)| self.bridge.begin(Action::Route, msg, &opts));
-        let mut call = match begun {
-            Ok(call) => call,
-            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
-        };
-        // When admission needs no waiting, a JS handler of this very thread
-        // and a handler that never waits answer here, without a thread hop.
-        match call.try_admit() {
-            Ok(None) => {
-                if let Some((func, max_depth)) = direct::handler_here(&call, e) {
-                    return Ok(unknown(e, direct::run(&self.settler, &self.deadlines, e, call, func, max_depth)?));
-                }
-                match call.deliver_now() {
-                    AnswerNow::Answered(reply) => {
-                        return Ok(unknown(e, self.settler.ready(e, reply.map(Reply::Payload))?));
-                    }
-                    AnswerNow::Later(back) => call = back,
-                }
-            }
-            Ok(Some(_)) => {}
-            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
-        }
-        let p = self.settler.promise(e, async move {
-            call.admit().await?;
-            call.deliver().await.map(Reply::Payload)
-        })?;
-        Ok(unknown(e, p))
+        let msg = self.message(e, destination_or_message.raw(), raw(&payload), raw(&options));
+        self.dispatch(e, msg, false)
     }
 
     /// Fire-and-forget: resolves with the message id once the message is
@@ -370,6 +375,52 @@ impl JsBridgeManager {
 }
 
 impl JsBridgeManager {
+    /// The rest of `route()` once the arguments are read: the Promise of
+    /// the reply, or with `text_reply`, an immediate JSON reply as JSON text.
+    fn dispatch<'e>(
+        &self,
+        e: sys::napi_env,
+        msg: Result<(Message, CallOptions), BridgeError>,
+        text_reply: bool,
+    ) -> napi::Result<Unknown<'e>> {
+        let begun = msg.and_then(|(msg, opts)| self.bridge.begin(Action::Route, msg, &opts));
+        let mut call = match begun {
+            Ok(call) => call,
+            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+        };
+        // When admission needs no waiting, a JS handler of this very thread
+        // and a handler that never waits answer here, without a thread hop.
+        match call.try_admit() {
+            Ok(None) => {
+                if let Some((func, max_depth)) = direct::handler_here(&call, e) {
+                    return Ok(unknown(e, direct::run(&self.settler, &self.deadlines, e, call, func, max_depth)?));
+                }
+                match call.deliver_now() {
+                    AnswerNow::Answered(Ok(Payload::Json(v))) if text_reply => {
+                        let text = serde_json::to_string(&v)
+                            .map_err(|err| BridgeError::internal(format!("could not write the reply: {err}")))
+                            .and_then(|t| convert::create_string(e, &t));
+                        return match text {
+                            Ok(t) => Ok(unknown(e, t)),
+                            Err(err) => Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+                        };
+                    }
+                    AnswerNow::Answered(reply) => {
+                        return Ok(unknown(e, self.settler.ready(e, reply.map(Reply::Payload))?));
+                    }
+                    AnswerNow::Later(back) => call = back,
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+        }
+        let p = self.settler.promise(e, async move {
+            call.admit().await?;
+            call.deliver().await.map(Reply::Payload)
+        })?;
+        Ok(unknown(e, p))
+    }
+
     fn message(
         &self,
         env: sys::napi_env,
