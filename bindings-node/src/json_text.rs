@@ -32,6 +32,16 @@ const SOURCE: &str = r#"(function () {
   'use strict';
   const OP = Object.prototype, AP = Array.prototype, proto = Object.getPrototypeOf, keys = Object.keys;
   const finite = Number.isFinite, str = JSON.stringify, parse = JSON.parse, P = Promise;
+  // Object keys repeat from call to call: their JSON form is looked up, not rewritten.
+  const keyText = new Map();
+  function key(k) {
+    let t = keyText.get(k);
+    if (t === undefined) {
+      t = str(k) + ':';
+      if (keyText.size < 4096) keyText.set(k, t);
+    }
+    return t;
+  }
   function enc(v, depth, max) {
     switch (typeof v) {
       case 'string': return str(v);
@@ -59,7 +69,7 @@ const SOURCE: &str = r#"(function () {
           if (x === undefined) continue;
           const e = enc(x, depth + 1, max);
           if (e === undefined) return undefined;
-          s += (first ? '' : ',') + str(k) + ':' + e;
+          s += (first ? '' : ',') + key(k) + e;
           first = false;
         }
         return s + '}';
