@@ -32,13 +32,14 @@ const SOURCE: &str = r#"(function () {
   'use strict';
   const OP = Object.prototype, AP = Array.prototype, proto = Object.getPrototypeOf, keys = Object.keys;
   const finite = Number.isFinite, str = JSON.stringify, parse = JSON.parse, P = Promise;
-  // Object keys repeat from call to call: their JSON form is looked up, not rewritten.
+  // Object keys repeat from call to call: their JSON form is looked up, not
+  // rewritten. Bounded: short keys only, and at most 4096 of them.
   const keyText = new Map();
   function key(k) {
     let t = keyText.get(k);
     if (t === undefined) {
       t = str(k) + ':';
-      if (keyText.size < 4096) keyText.set(k, t);
+      if (keyText.size < 4096 && k.length <= 64) keyText.set(k, t);
     }
     return t;
   }
