@@ -27,7 +27,7 @@ use serde_json::{Map, Number, Value};
 use crate::convert::RawValue;
 
 /// Returns `[encode(value, maxDepth) -> string | undefined, parse(text),
-/// resolved(text) -> Promise, install(BridgeManager)]`.
+/// resolved(text) -> Promise, install(BridgeManager, routeText)]`.
 const SOURCE: &str = r#"(function () {
   'use strict';
   const OP = Object.prototype, AP = Array.prototype, proto = Object.getPrototypeOf, keys = Object.keys;
@@ -80,17 +80,25 @@ const SOURCE: &str = r#"(function () {
   }
   // route(destination, payload) with a plain JSON payload and no options:
   // the payload goes in as text and an immediate JSON reply comes back as
-  // text, with no call from native code back into JS. Everything else (and
-  // anything __routeText declines by answering undefined) takes route().
-  function install(BM) {
-    const proto = BM.prototype, route = proto.route, routeText = proto.__routeText;
-    if (typeof route !== 'function' || typeof routeText !== 'function') return;
+  // text, with no call from native code back into JS and no `this` unwrap
+  // (routeText gets the bridge's handle). Everything else (and anything
+  // routeText declines by answering undefined) takes route().
+  function install(BM, routeText) {
+    const proto = BM.prototype, route = proto.route, handleOf = proto.__handle;
+    if (typeof route !== 'function' || typeof handleOf !== 'function' || typeof routeText !== 'function') return;
+    // Each bridge's handle, kept where only this closure can reach it.
+    const handles = new WeakMap();
     Object.defineProperty(proto, 'route', {
       value: function route_(a, b, c) {
         if (typeof a === 'string' && c === undefined && typeof b === 'object' && b !== null) {
           const t = enc(b, 0, 1000);
           if (t !== undefined) {
-            const r = routeText.call(this, a, t);
+            let h = handles.get(this);
+            if (h === undefined) {
+              h = handleOf.call(this);
+              handles.set(this, h);
+            }
+            const r = routeText(h, a, t);
             if (typeof r === 'string') return P.resolve(parse(r));
             if (r !== undefined) return r;
           }
@@ -222,8 +230,21 @@ pub(crate) fn install_route(env: sys::napi_env, exports: RawValue) {
         sys::napi_create_string_utf8(env, NAME.as_ptr().cast(), NAME.len() as isize, &mut key) == sys::Status::napi_ok
             && sys::napi_get_property(env, exports, key, &mut class) == sys::Status::napi_ok
     };
-    if ok {
-        let _ = call(env, h.install, &[class]);
+    let mut route_text = ptr::null_mut();
+    const FN: &str = "routeText";
+    // SAFETY: a plain native function of this env.
+    let made = unsafe {
+        sys::napi_create_function(
+            env,
+            FN.as_ptr().cast(),
+            FN.len() as isize,
+            Some(crate::route_text_cb),
+            ptr::null_mut(),
+            &mut route_text,
+        ) == sys::Status::napi_ok
+    };
+    if ok && made {
+        let _ = call(env, h.install, &[class, route_text]);
     }
 }
 
