@@ -110,6 +110,74 @@ test('payloads: JSON values round-trip; Buffer and Uint8Array travel as bytes', 
   await bridge.shutdown()
 })
 
+test('plain JSON crosses as text exactly as the walk reads it (route(dest, payload) fast path)', async () => {
+  const bridge = await started({ limits: { max_json_depth: 4 } })
+  bridge.registerRustEcho('rust.echo')
+  bridge.registerRoute('agents.echo', (m) => m.payload)
+  let reads = 0
+  const withGetter = {
+    get g() {
+      reads++
+      return 'got'
+    },
+  }
+  class Point {
+    constructor() {
+      this.x = 1
+    }
+  }
+  const cases = [
+    [{ f: 0.1 + 0.2, big: 2 ** 60, neg: -0, e: 1e-7, huge: 1e300 }, { f: 0.1 + 0.2, big: 2 ** 60, neg: 0, e: 1e-7, huge: 1e300 }],
+    [{ s: 'quote " backslash \\ nl \n tab \t nul \u0000 é ✓ 😀 \u2028' }, null],
+    [{ lone: 'a\ud800b', low: '\udc00' }, { lone: 'a\ufffdb', low: '\ufffd' }],
+    [[1, undefined, , 'x'], [1, null, null, 'x']],
+    [{ a: undefined, b: [undefined], c: null }, { b: [null], c: null }],
+    [Object.assign(Object.create(null), { k: 1 }), { k: 1 }],
+    [{ __proto__: null, ['__proto__']: { polluted: true } }, null],
+    [{ 10: 'ten', 2: 'two', z: 'z', a: 'a' }, null],
+    [new Point(), { x: 1 }],
+    [{ when: new Date(0) }, { when: '1970-01-01T00:00:00.000Z' }],
+    [{ t: { toJSON: () => 'custom' } }, { t: 'custom' }],
+    [withGetter, { g: 'got' }],
+    [{ d: [[[1]]] }, null],
+  ]
+  for (const dest of ['rust.echo', 'agents.echo']) {
+    for (const [i, [input, expected]] of cases.entries()) {
+      const reply = await bridge.route(dest, input)
+      const want = expected ?? JSON.parse(JSON.stringify(input))
+      assert.deepEqual(reply, want, `${dest}, case ${i}`)
+      assert.deepEqual(Object.keys(reply), Object.keys(want), `${dest}, case ${i}: key order`)
+    }
+  }
+  assert.equal(reads, 2, 'a getter is read once per route()')
+  const polluted = await bridge.route('rust.echo', JSON.parse('{"__proto__": {"polluted": true}}'))
+  assert.equal(Object.getPrototypeOf(polluted), Object.prototype, 'a "__proto__" key stays a plain property')
+  assert.equal({}.polluted, undefined)
+  // Past the depth limit the walk names the problem, on every path.
+  for (const dest of ['rust.echo', 'agents.echo']) {
+    const e = await rejection(bridge.route(dest, { a: { b: { c: { d: { e: 1 } } } } }))
+    assert.equal(e.code, 'INVALID_MESSAGE')
+    assert.ok(e.message.includes('payload.a.b.c.d'), e.message)
+    const f = await rejection(bridge.route(dest, { ok: 1, bad: [1, () => 2] }))
+    assert.ok(f.message.includes('payload.bad[1] is a function'), f.message)
+  }
+  // Refusals and routes that must wait still come back as Promises.
+  assert.equal((await rejection(bridge.route('nowhere.at.all', { n: 1 }))).code, 'ROUTE_NOT_FOUND')
+  assert.equal((await rejection(bridge.route('bad..subject', { n: 1 }))).code, 'INVALID_MESSAGE')
+  assert.ok(bridge.route('rust.echo', { n: 1 }) instanceof Promise)
+  assert.equal(bridge.route.name, 'route')
+  // Each bridge keeps its own handle on the fast path.
+  const other = await started()
+  other.registerRoute('rust.echo', (m) => ({ from: 'other', n: m.payload.n }))
+  assert.deepEqual(await other.route('rust.echo', { n: 7 }), { from: 'other', n: 7 })
+  assert.deepEqual(await bridge.route('rust.echo', { n: 7 }), { n: 7 })
+  await other.shutdown()
+  assert.equal((await rejection(other.route('rust.echo', { n: 1 }))).code, 'SHUTDOWN')
+  assert.throws(() => BridgeManager.prototype.route.call({}, 'rust.echo', { n: 1 }))
+  await bridge.shutdown()
+  assert.equal((await rejection(bridge.route('rust.echo', { n: 1 }))).code, 'SHUTDOWN')
+})
+
 test('INVALID_MESSAGE: bad subjects, non-JSON values, huge and deep payloads, bad headers', async () => {
   const bridge = await started({ limits: { max_payload_bytes: 64 * 1024, max_json_depth: 16 } })
   bridge.registerRustEcho('agents.echo')

@@ -164,10 +164,14 @@ pub(crate) fn to_payload(env: sys::napi_env, v: RawValue, max_depth: usize) -> C
     if v.is_null() {
         return Ok(Payload::Json(Value::Null));
     }
-    if type_of(env, v) == sys::ValueType::napi_object
-        && let Some(b) = as_bytes(env, v)?
-    {
-        return Ok(Payload::Bytes(b));
+    if type_of(env, v) == sys::ValueType::napi_object {
+        // Plain JSON crosses as text; anything else is walked (see json_text).
+        if let Some(json) = crate::json_text::encode(env, v, max_depth) {
+            return Ok(Payload::Json(json));
+        }
+        if let Some(b) = as_bytes(env, v)? {
+            return Ok(Payload::Bytes(b));
+        }
     }
     to_json(env, v, max_depth).map(Payload::Json)
 }
@@ -335,6 +339,9 @@ pub(crate) fn from_json(env: sys::napi_env, v: &Value) -> JResult<RawValue> {
         Value::Number(n) => create_f64(env, n.as_f64().unwrap_or(f64::NAN)),
         Value::String(s) => create_string(env, s),
         Value::Array(items) => {
+            if let Some(js) = crate::json_text::to_js(env, v) {
+                return Ok(js);
+            }
             let mut arr = ptr::null_mut();
             // SAFETY: plain value creation.
             check(unsafe { sys::napi_create_array_with_length(env, items.len(), &mut arr) }, "creating an array")?;
@@ -346,6 +353,9 @@ pub(crate) fn from_json(env: sys::napi_env, v: &Value) -> JResult<RawValue> {
             Ok(arr)
         }
         Value::Object(map) => {
+            if let Some(js) = crate::json_text::to_js(env, v) {
+                return Ok(js);
+            }
             let obj = create_object(env)?;
             for (k, item) in map {
                 let value = from_json(env, item)?;

@@ -9,6 +9,7 @@
 mod convert;
 mod direct;
 mod handler;
+mod json_text;
 mod remote;
 mod settle;
 mod watch;
@@ -44,13 +45,81 @@ fn raw(v: &Option<Unknown<'_>>) -> Option<RawValue> {
     v.as_ref().map(|u| u.raw())
 }
 
+/// At load, per env (main thread or worker): give `route()` its JSON-text
+/// fast path (see [`json_text`]).
+#[napi(module_exports)]
+pub fn init(exports: napi::bindgen_prelude::Object<'_>, env: Env) -> napi::Result<()> {
+    json_text::install_route(env.raw(), exports.raw());
+    Ok(())
+}
+
 /// The bridge: one engine, shared by every clone and every call.
 #[napi(js_name = "BridgeManager")]
 pub struct JsBridgeManager {
+    core: Core,
+}
+
+/// What a call needs: also held by the handle `route()`'s JS side passes
+/// to [`route_text_cb`], so that the fast path needs no `this` unwrap.
+#[derive(Clone)]
+pub struct Core {
     bridge: dreamos_bridge::BridgeManager,
     settler: Settler,
     deadlines: direct::Deadlines,
     max_depth: usize,
+}
+
+impl std::ops::Deref for JsBridgeManager {
+    type Target = Core;
+
+    fn deref(&self) -> &Core {
+        &self.core
+    }
+}
+
+unsafe extern "C" fn drop_core(_env: sys::napi_env, data: *mut std::ffi::c_void, _hint: *mut std::ffi::c_void) {
+    // SAFETY: `data` is the box leaked in `__handle`; the external is collected once.
+    drop(unsafe { Box::from_raw(data.cast::<Core>()) });
+}
+
+/// `routeText(handle, destination, text)`: the native half of `route()`'s
+/// fast path (see [`Core::route_text`]). `handle` comes from `__handle`,
+/// through a WeakMap private to the JS side, so it is always a [`Core`].
+pub(crate) unsafe extern "C" fn route_text_cb(env: sys::napi_env, info: sys::napi_callback_info) -> sys::napi_value {
+    let run = || -> Option<RawValue> {
+        let mut argc = 3usize;
+        let mut argv = [std::ptr::null_mut(); 3];
+        let mut data = std::ptr::null_mut();
+        // SAFETY: reading this call's arguments into a 3-slot buffer, then
+        // the external's pointer (a `Core` boxed by `__handle`, alive while
+        // the external is, which this call's argument keeps alive).
+        let core = unsafe {
+            if sys::napi_get_cb_info(
+                env,
+                info,
+                &mut argc,
+                argv.as_mut_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            ) != sys::Status::napi_ok
+                || argc < 3
+                || sys::napi_get_value_external(env, argv[0], &mut data) != sys::Status::napi_ok
+                || data.is_null()
+            {
+                return None;
+            }
+            &*data.cast::<Core>()
+        };
+        match core.route_text(env, argv[1], argv[2]) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                // SAFETY: throwing on this call's env; the callback returns at once.
+                unsafe { napi::JsError::from(e).throw_into(env) };
+                None
+            }
+        }
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).ok().flatten().unwrap_or(std::ptr::null_mut())
 }
 
 #[napi]
@@ -89,7 +158,8 @@ impl JsBridgeManager {
 
     fn wrap(env: &Env, bridge: dreamos_bridge::BridgeManager) -> napi::Result<Self> {
         let max_depth = bridge.config().limits.max_json_depth;
-        Ok(JsBridgeManager { bridge, settler: Settler::new(env)?, deadlines: direct::Deadlines::default(), max_depth })
+        let core = Core { bridge, settler: Settler::new(env)?, deadlines: direct::Deadlines::default(), max_depth };
+        Ok(JsBridgeManager { core })
     }
 
     /// Connect to a running `dreamos-bridge serve` at `url` instead of
@@ -182,6 +252,24 @@ impl JsBridgeManager {
         self.bridge.register_route(&pattern, handler::rust_echo()).map_err(|e| throw(env.raw(), &e))
     }
 
+    /// The handle `route()`'s JS side passes to the native half of its
+    /// fast path (see `json_text`): an external holding this bridge's core.
+    #[napi(js_name = "__handle", skip_typescript, catch_unwind)]
+    pub fn handle<'e>(&self, env: &'e Env) -> napi::Result<Unknown<'e>> {
+        let e = env.raw();
+        let data = Box::into_raw(Box::new(self.core.clone()));
+        let mut out = std::ptr::null_mut();
+        // SAFETY: the external owns the box; `drop_core` frees it when collected.
+        let status =
+            unsafe { sys::napi_create_external(e, data.cast(), Some(drop_core), std::ptr::null_mut(), &mut out) };
+        if status != sys::Status::napi_ok {
+            // SAFETY: not handed over; reclaim it.
+            drop(unsafe { Box::from_raw(data) });
+            return Err(throw(e, &BridgeError::internal("could not create the route handle")));
+        }
+        Ok(unknown(e, out))
+    }
+
     /// Request/reply: resolves with the reply payload, or rejects with an
     /// `Error` whose `.code` says why. `timeout` is in seconds.
     #[napi(
@@ -197,35 +285,8 @@ impl JsBridgeManager {
         options: Option<Unknown<'_>>,
     ) -> napi::Result<Unknown<'e>> {
         let e = env.raw();
-        let begun = self
-            .message(e, destination_or_message.raw(), raw(&payload), raw(&options))
-            .and_then(|(msg, opts)| self.bridge.begin(Action::Route, msg, &opts));
-        let mut call = match begun {
-            Ok(call) => call,
-            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
-        };
-        // When admission needs no waiting, a JS handler of this very thread
-        // and a handler that never waits answer here, without a thread hop.
-        match call.try_admit() {
-            Ok(None) => {
-                if let Some((func, max_depth)) = direct::handler_here(&call, e) {
-                    return Ok(unknown(e, direct::run(&self.settler, &self.deadlines, e, call, func, max_depth)?));
-                }
-                match call.deliver_now() {
-                    AnswerNow::Answered(reply) => {
-                        return Ok(unknown(e, self.settler.ready(e, reply.map(Reply::Payload))?));
-                    }
-                    AnswerNow::Later(back) => call = back,
-                }
-            }
-            Ok(Some(_)) => {}
-            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
-        }
-        let p = self.settler.promise(e, async move {
-            call.admit().await?;
-            call.deliver().await.map(Reply::Payload)
-        })?;
-        Ok(unknown(e, p))
+        let msg = self.message(e, destination_or_message.raw(), raw(&payload), raw(&options));
+        self.dispatch(e, msg, false)
     }
 
     /// Fire-and-forget: resolves with the message id once the message is
@@ -371,7 +432,69 @@ impl JsBridgeManager {
     }
 }
 
-impl JsBridgeManager {
+impl Core {
+    /// `route(destination, payload)` for a plain JSON payload written as
+    /// text by the JS side of `route()` (see `json_text`): an immediate JSON
+    /// reply comes back as JSON text, anything else as the Promise `route()`
+    /// would return; `undefined` when the text is not what the walk would
+    /// have read (too deep), for `route()` to take over.
+    fn route_text(&self, e: sys::napi_env, destination: RawValue, text: RawValue) -> napi::Result<RawValue> {
+        let parsed = convert::get_string(e, text).ok().and_then(|t| json_text::parse(&t, self.max_depth));
+        let Some(payload) = parsed else {
+            return convert::undefined(e).map_err(|err| throw(e, &err));
+        };
+        let msg = convert::get_string(e, destination)
+            .map_err(|c| c.into_bridge("destination"))
+            .map(|dest| (Message::new(dest, Payload::Json(payload)), CallOptions::default()));
+        self.dispatch(e, msg, true).map(|v| v.raw())
+    }
+
+    /// The rest of `route()` once the arguments are read: the Promise of
+    /// the reply, or with `text_reply`, an immediate JSON reply as JSON text.
+    fn dispatch<'e>(
+        &self,
+        e: sys::napi_env,
+        msg: Result<(Message, CallOptions), BridgeError>,
+        text_reply: bool,
+    ) -> napi::Result<Unknown<'e>> {
+        let begun = msg.and_then(|(msg, opts)| self.bridge.begin(Action::Route, msg, &opts));
+        let mut call = match begun {
+            Ok(call) => call,
+            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+        };
+        // When admission needs no waiting, a JS handler of this very thread
+        // and a handler that never waits answer here, without a thread hop.
+        match call.try_admit() {
+            Ok(None) => {
+                if let Some((func, max_depth)) = direct::handler_here(&call, e) {
+                    return Ok(unknown(e, direct::run(&self.settler, &self.deadlines, e, call, func, max_depth)?));
+                }
+                match call.deliver_now() {
+                    AnswerNow::Answered(Ok(Payload::Json(v))) if text_reply => {
+                        let text = serde_json::to_string(&v)
+                            .map_err(|err| BridgeError::internal(format!("could not write the reply: {err}")))
+                            .and_then(|t| convert::create_string(e, &t));
+                        return match text {
+                            Ok(t) => Ok(unknown(e, t)),
+                            Err(err) => Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+                        };
+                    }
+                    AnswerNow::Answered(reply) => {
+                        return Ok(unknown(e, self.settler.ready(e, reply.map(Reply::Payload))?));
+                    }
+                    AnswerNow::Later(back) => call = back,
+                }
+            }
+            Ok(Some(_)) => {}
+            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+        }
+        let p = self.settler.promise(e, async move {
+            call.admit().await?;
+            call.deliver().await.map(Reply::Payload)
+        })?;
+        Ok(unknown(e, p))
+    }
+
     fn message(
         &self,
         env: sys::napi_env,

@@ -162,6 +162,12 @@ impl Settler {
 
     /// A Promise already settled with `outcome`.
     pub(crate) fn ready(&self, env: sys::napi_env, outcome: Outcome) -> napi::Result<RawValue> {
+        // An object or array reply: parsed and resolved in one call into JS.
+        if let Ok(Reply::Payload(Payload::Json(v @ (Value::Object(_) | Value::Array(_))))) = &outcome
+            && let Some(p) = crate::json_text::resolved(env, v)
+        {
+            return Ok(p);
+        }
         let (deferred, promise) = create_promise(env)?;
         settle_now(env, deferred, outcome);
         Ok(promise)
