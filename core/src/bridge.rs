@@ -1029,7 +1029,9 @@ async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Messag
             // The connection manager keeps the deadline itself (pool wait,
             // every attempt, backoff) and ends with SHUTDOWN when shutdown
             // cancels in-flight work: a second timer or watch here would only cost.
-            return inner.connections.deliver(s, &msg).instrument(span).await;
+            // (A span no subscriber wants is not entered on every poll.)
+            let delivery = inner.connections.deliver(s, &msg);
+            return if span.is_disabled() { delivery.await } else { delivery.instrument(span).await };
         }
     };
     // A handler that never waits answers here: no future, no timer.

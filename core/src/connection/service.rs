@@ -641,7 +641,9 @@ impl ServiceClient {
     /// The headers every attempt sends: the caller's `x-` headers, the
     /// idempotency key, `Accept` and the body's content type.
     fn headers(&self, route: &ServiceRoute, msg: &Message) -> Result<HeaderMap> {
-        let mut headers = HeaderMap::new();
+        // Room for the usual set (key, accept, content type, trace, one
+        // credential) without growing the map.
+        let mut headers = HeaderMap::with_capacity(8 + msg.headers.len());
         let cred_header = self.credentials.header_name();
         for (name, value) in &msg.headers {
             let lower = name.to_ascii_lowercase();
