@@ -103,8 +103,9 @@ impl ConnectionManager {
         Ok(())
     }
 
-    /// Terminate: stop health monitoring and close every pool. Calls still
-    /// waiting for a connection fail with `SHUTDOWN`.
+    /// Terminate: stop health monitoring, end deliveries still in flight and
+    /// refuse new ones with `SHUTDOWN`. Idle pooled connections close when
+    /// the manager is dropped (or after the pool's idle timeout).
     pub async fn shutdown(&self) {
         self.cancel.cancel();
         self.in_flight.fire();
