@@ -394,6 +394,7 @@ impl BridgeManager {
             );
         }
         inner.cancel.cancel();
+        inner.connections.cancel_in_flight();
         // Cancelled calls answer promptly; wait for them so that nothing is
         // still running when shutdown returns.
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -1026,12 +1027,11 @@ async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Messag
         Target::Handler(h) => h,
         Target::Service(s) => {
             // The connection manager keeps the deadline itself (pool wait,
-            // every attempt, backoff): a second timer here would only cost.
-            return tokio::select! {
-                biased;
-                r = inner.connections.deliver(s, &msg).instrument(span) => r,
-                _ = inner.cancel.cancelled() => Err(BridgeError::shutdown()),
-            };
+            // every attempt, backoff) and ends with SHUTDOWN when shutdown
+            // cancels in-flight work: a second timer or watch here would only cost.
+            // (A span no subscriber wants is not entered on every poll.)
+            let delivery = inner.connections.deliver(s, &msg);
+            return if span.is_disabled() { delivery.await } else { delivery.instrument(span).await };
         }
     };
     // A handler that never waits answers here: no future, no timer.

@@ -978,6 +978,26 @@ async fn a_thousand_concurrent_routes_are_each_answered_once() {
     b.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_calls_in_flight_with_shutdown() {
+    let s = Server::start().await;
+    let b = bridge(&s.url(), "", "").await;
+    // `/slow` answers after 3 s: without the shutdown these would succeed
+    // (shutdown waits up to 5 s for work it has cancelled).
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let b = b.clone();
+            tokio::spawn(async move { call_within(&b, "svc.slow", Duration::from_secs(30)).await })
+        })
+        .collect();
+    eventually("every call reached the service", async || s.hits("/slow").len() == 8).await;
+    b.shutdown_with_grace(Duration::from_millis(50)).await;
+    for c in calls {
+        assert_eq!(c.await.unwrap().unwrap_err().code(), ErrorCode::Shutdown);
+    }
+    assert_eq!(svc_health(&b).await.active_connections, 0, "every connection slot was released");
+}
+
 #[tokio::test]
 async fn shutdown_refuses_new_deliveries() {
     let s = Server::start().await;

@@ -11,9 +11,16 @@
 //! Only failures that say "the service is unwell" count (connect errors,
 //! timeouts, 5xx); a 4xx is the caller's problem and a 429 means the
 //! service is alive and pacing us.
+//!
+//! Every delivery asks the breaker twice (admission, then the outcome), from
+//! whichever worker thread runs it: a lock there is a cache line both cores
+//! write on every request. So a healthy breaker answers from one atomic
+//! flag and writes nothing; the lock is taken only when something changes
+//! (a failure, or a breaker that is not yet steadily closed).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -33,6 +40,11 @@ pub struct CircuitBreaker {
     failure_rate: f64,
     cooldown: Duration,
     stats: Arc<ServiceStats>,
+    /// Closed, no failure since the last success, and a full window of
+    /// successes: then a success changes nothing (it pushes a success out
+    /// of a window of successes) and admission needs no lock. Written only
+    /// under `state`'s lock; read without it.
+    steady: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -71,6 +83,7 @@ impl CircuitBreaker {
             failure_rate,
             cooldown,
             stats,
+            steady: AtomicBool::new(false),
             state: Mutex::new(State {
                 mode: BreakerState::Closed,
                 consecutive: 0,
@@ -94,6 +107,9 @@ impl CircuitBreaker {
     /// Ask to make an attempt. `Err(wait)`: the breaker is open (or its one
     /// probe is out); `wait` is how long until it may let a probe through.
     pub fn acquire(&self) -> Result<Permit<'_>, Duration> {
+        if self.steady.load(Ordering::Acquire) {
+            return Ok(Permit { breaker: self, probe: false, reported: false });
+        }
         let mut s = self.state.lock();
         match s.mode {
             BreakerState::Closed => Ok(Permit { breaker: self, probe: false, reported: false }),
@@ -118,6 +134,11 @@ impl CircuitBreaker {
     }
 
     fn record(&self, ok: bool, probe: bool) {
+        // A success in the steady state leaves it as it is: nothing to write.
+        // (Linearised before any failure that clears the flag after this read.)
+        if ok && !probe && self.steady.load(Ordering::Acquire) {
+            return;
+        }
         let mut s = self.state.lock();
         if probe {
             s.probe_out = false;
@@ -157,6 +178,15 @@ impl CircuitBreaker {
         if let Some(mode) = new_mode {
             s.mode = mode;
             s.opened_at = (mode == BreakerState::Open).then(Instant::now);
+        }
+        let steady = s.mode == BreakerState::Closed
+            && s.consecutive == 0
+            && s.window.len() == WINDOW
+            && s.window.iter().all(|ok| *ok);
+        if self.steady.load(Ordering::Relaxed) != steady {
+            self.steady.store(steady, Ordering::Release);
+        }
+        if let Some(mode) = new_mode {
             let consecutive = s.consecutive;
             drop(s);
             self.stats.set_breaker(mode);
@@ -245,6 +275,24 @@ mod tests {
             if i % 2 == 0 { p.success() } else { p.failure() }
         }
         assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_steady_breaker_still_counts_failures() {
+        let b = breaker(3, Duration::from_secs(60));
+        for _ in 0..(WINDOW * 2) {
+            b.acquire().unwrap().success();
+        }
+        assert!(b.steady.load(Ordering::Relaxed), "a window of successes is the lock-free state");
+        b.acquire().unwrap().failure();
+        assert!(!b.steady.load(Ordering::Relaxed));
+        b.acquire().unwrap().success();
+        assert!(!b.steady.load(Ordering::Relaxed), "a failure in the window keeps the lock");
+        for _ in 0..3 {
+            b.acquire().unwrap().failure();
+        }
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.acquire().is_err());
     }
 
     #[test]

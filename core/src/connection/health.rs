@@ -7,10 +7,15 @@
 //! is open, its last active check failed, or (without a health check) its
 //! last few requests could not reach it; **degraded** when the breaker is
 //! probing or a notable share of recent requests failed; **up** otherwise.
+//!
+//! The passive signal is recorded on every delivery, from any worker
+//! thread. A healthy service's window only ever pushes a success out of a
+//! window of successes, so that case writes nothing but the latency
+//! average (one atomic store) and takes no lock; the lock is for changes.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -68,14 +73,25 @@ pub struct HealthMonitor {
     /// The last active check failed: read on every delivery, so an atomic
     /// rather than the state lock.
     check_failed: AtomicBool,
+    /// The window is full of successes and nothing is unreachable: a
+    /// success changes nothing but the latency. Written under `state`'s
+    /// lock, read without it.
+    steady: AtomicBool,
+    /// Smoothed latency of successes in ms, as `f64` bits ([`NO_LATENCY`]:
+    /// none yet). Updated by load and store, not under a lock: two
+    /// simultaneous successes may keep only one of their samples, which a
+    /// smoothed figure can afford.
+    latency_ms: AtomicU64,
     state: Mutex<State>,
 }
+
+/// `latency_ms` before the first success.
+const NO_LATENCY: u64 = u64::MAX;
 
 #[derive(Debug)]
 struct State {
     window: VecDeque<bool>,
     unreachable_streak: u32,
-    latency_ms: Option<f64>,
     last_check: Option<u64>,
     last_check_ok: Option<bool>,
     last_error: Option<String>,
@@ -91,10 +107,11 @@ impl HealthMonitor {
             has_check,
             stats,
             check_failed: AtomicBool::new(false),
+            steady: AtomicBool::new(false),
+            latency_ms: AtomicU64::new(NO_LATENCY),
             state: Mutex::new(State {
                 window: VecDeque::with_capacity(WINDOW),
                 unreachable_streak: 0,
-                latency_ms: None,
                 last_check: None,
                 last_check_ok: None,
                 last_error: None,
@@ -105,22 +122,36 @@ impl HealthMonitor {
 
     /// Record one real request (passive signal).
     pub fn observe(&self, signal: Signal, latency: Duration, error: Option<&str>) {
+        if signal == Signal::Ok {
+            let ms = latency.as_secs_f64() * 1000.0;
+            let old = self.latency_ms.load(Ordering::Relaxed);
+            let new = if old == NO_LATENCY { ms } else { f64::from_bits(old) * 0.8 + ms * 0.2 };
+            self.latency_ms.store(new.to_bits(), Ordering::Relaxed);
+            // (Linearised before any failure that clears the flag after this read.)
+            if error.is_none() && self.steady.load(Ordering::Acquire) {
+                return;
+            }
+        }
         let mut s = self.state.lock();
         if s.window.len() == WINDOW {
             s.window.pop_front();
         }
         s.window.push_back(signal == Signal::Ok);
         match signal {
-            Signal::Ok => {
-                s.unreachable_streak = 0;
-                let ms = latency.as_secs_f64() * 1000.0;
-                s.latency_ms = Some(s.latency_ms.map_or(ms, |old| old * 0.8 + ms * 0.2));
-            }
-            Signal::Failed => s.unreachable_streak = 0,
+            Signal::Ok | Signal::Failed => s.unreachable_streak = 0,
             Signal::Unreachable => s.unreachable_streak = s.unreachable_streak.saturating_add(1),
         }
         if let Some(e) = error {
             s.last_error = Some(e.to_string());
+        }
+        self.update_steady(&s);
+    }
+
+    /// Recompute the lock-free flag (under the lock).
+    fn update_steady(&self, s: &State) {
+        let steady = s.unreachable_streak == 0 && s.window.len() == WINDOW && s.window.iter().all(|ok| *ok);
+        if self.steady.load(Ordering::Relaxed) != steady {
+            self.steady.store(steady, Ordering::Release);
         }
     }
 
@@ -136,6 +167,7 @@ impl HealthMonitor {
         if error.is_some() {
             s.last_error = error;
         }
+        self.update_steady(&s);
     }
 
     /// Did the last active check fail? Deliveries are refused while it
@@ -182,7 +214,10 @@ impl HealthMonitor {
             status,
             breaker,
             error_rate,
-            latency_ms: s.latency_ms,
+            latency_ms: match self.latency_ms.load(Ordering::Relaxed) {
+                NO_LATENCY => None,
+                bits => Some(f64::from_bits(bits)),
+            },
             active_connections,
             last_check: s.last_check,
             last_check_ok: s.last_check_ok,
@@ -231,5 +266,28 @@ mod tests {
         assert_eq!(r.status, HealthStatus::Up);
         assert_eq!(r.active_connections, 2);
         assert!(r.latency_ms.is_some());
+    }
+
+    #[test]
+    fn a_steady_window_still_sees_failures() {
+        let h = HealthMonitor::new("t", false, Arc::default());
+        assert_eq!(h.report(BreakerState::Closed, 0).latency_ms, None);
+        for _ in 0..(WINDOW * 2) {
+            h.observe(Signal::Ok, Duration::from_millis(4), None);
+        }
+        assert!(h.steady.load(Ordering::Relaxed), "a window of successes is the lock-free state");
+        let r = h.report(BreakerState::Closed, 0);
+        assert_eq!((r.status, r.error_rate), (HealthStatus::Up, 0.0));
+        assert!((r.latency_ms.unwrap() - 4.0).abs() < 1e-9);
+        // Five of fifty: the degraded share, and more than enough for down.
+        for _ in 0..5 {
+            h.observe(Signal::Unreachable, Duration::ZERO, Some("connection refused"));
+        }
+        assert!(!h.steady.load(Ordering::Relaxed));
+        let r = h.report(BreakerState::Closed, 0);
+        assert_eq!(r.status, HealthStatus::Down);
+        assert_eq!(r.last_error.as_deref(), Some("connection refused"));
+        h.observe(Signal::Ok, Duration::from_millis(4), None);
+        assert_eq!(h.report(BreakerState::Closed, 0).status, HealthStatus::Degraded, "failures stay in the window");
     }
 }

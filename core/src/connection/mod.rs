@@ -8,15 +8,17 @@
 //! ([`breaker`]) and health from active checks and observed failures
 //! ([`health`]).
 //!
-//! [`ConnectionManager::deliver`] is cancel-safe: the bridge drops it at
-//! the message's deadline or at shutdown, and every gauge and slot it holds
-//! is released by a guard.
+//! [`ConnectionManager::deliver`] is cancel-safe: the bridge may drop it,
+//! and every gauge and slot it holds is released by a guard. It keeps the
+//! message's deadline itself, and ends with `SHUTDOWN` when
+//! [`ConnectionManager::cancel_in_flight`] fires ([`shutdown`]).
 
 pub mod breaker;
 mod credentials;
 pub mod health;
 pub mod retry;
 mod service;
+mod shutdown;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use crate::error::{BridgeError, ErrorCode, Result};
 use crate::message::{Message, Payload};
 use crate::metrics::MetricsCollector;
 use service::ServiceClient;
+use shutdown::ShutdownSignal;
 
 /// Owns one pooled client per service.
 #[derive(Debug)]
@@ -41,6 +44,8 @@ pub struct ConnectionManager {
     route_index: BTreeMap<String, usize>,
     health_interval: Duration,
     cancel: CancellationToken,
+    /// Ends in-flight deliveries at shutdown (cheaper to watch than `cancel`).
+    in_flight: ShutdownSignal,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -58,6 +63,7 @@ impl ConnectionManager {
             route_index,
             health_interval: cfg.monitoring.health_check_interval.get(),
             cancel: CancellationToken::new(),
+            in_flight: ShutdownSignal::default(),
             tasks: Mutex::new(Vec::new()),
         })
     }
@@ -97,10 +103,12 @@ impl ConnectionManager {
         Ok(())
     }
 
-    /// Terminate: stop health monitoring and close every pool. Calls still
-    /// waiting for a connection fail with `SHUTDOWN`.
+    /// Terminate: stop health monitoring, end deliveries still in flight and
+    /// refuse new ones with `SHUTDOWN`. Idle pooled connections close when
+    /// the manager is dropped (or after the pool's idle timeout).
     pub async fn shutdown(&self) {
         self.cancel.cancel();
+        self.in_flight.fire();
         let tasks: Vec<_> = self.tasks.lock().drain(..).collect();
         for t in tasks {
             t.abort();
@@ -130,9 +138,16 @@ impl ConnectionManager {
         Ok(Arc::new(ServiceRoute::compile(route, index, client.clone())?))
     }
 
-    /// Deliver a message within its deadline, with retries; the reply payload.
+    /// Fail every delivery still in flight with `SHUTDOWN`, and refuse new
+    /// ones (the bridge calls this when its shutdown grace is over).
+    pub fn cancel_in_flight(&self) {
+        self.in_flight.fire();
+    }
+
+    /// Deliver a message within its deadline, with retries; the reply
+    /// payload, or `SHUTDOWN` once [`cancel_in_flight`](Self::cancel_in_flight) fired.
     pub async fn deliver(&self, route: &ServiceRoute, msg: &Message) -> Result<Payload> {
-        if self.cancel.is_cancelled() {
+        if self.in_flight.is_fired() {
             return Err(BridgeError::shutdown());
         }
         if !self.services.get(&route.service).is_some_and(|s| Arc::ptr_eq(s, &route.client)) {
@@ -141,7 +156,13 @@ impl ConnectionManager {
                 format!("route {:?} was compiled by another bridge", route.pattern),
             ));
         }
-        route.client.deliver(route, msg).await
+        // Boxed once here: the delivery's state (attempts, the HTTP
+        // exchange) is large, and every future that awaits it would
+        // otherwise copy all of it into its own state as it starts.
+        match self.in_flight.guard(Box::pin(route.client.deliver(route, msg))).await {
+            Some(result) => result,
+            None => Err(BridgeError::shutdown()),
+        }
     }
 
     /// Per-service health.

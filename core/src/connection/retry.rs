@@ -9,9 +9,8 @@
 //! (plus a small floor), so that when everything fails the extra load stays
 //! bounded. A `Retry-After` from the service is a lower bound on the wait.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
-
-use parking_lot::Mutex;
 
 /// The longest single backoff, whatever the attempt number.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -71,36 +70,43 @@ pub fn full_jitter(base: Duration, n: u32) -> Duration {
     cap.mul_f64(rand::random::<f64>())
 }
 
+/// Credit is counted in millionths of a retry, in one atomic.
+const UNIT: u64 = 1_000_000;
+
 /// A token bucket of retry credit: each request deposits `ratio`, each
 /// retry withdraws 1. It starts at the floor and never holds more than the
 /// cap, so over any stretch retries ≤ floor-or-cap + ratio × requests.
+///
+/// Every request deposits, from any worker thread: the balance is one
+/// atomic (no lock), and a full bucket (the usual state while the service
+/// is healthy) is only read, never written.
 #[derive(Debug)]
 pub struct RetryBudget {
-    ratio: f64,
-    balance: Mutex<f64>,
+    /// Credit per request, in millionths.
+    ratio: u64,
+    /// The balance, in millionths.
+    balance: AtomicU64,
 }
 
 impl RetryBudget {
     /// A budget allowing `ratio` retries per request on top of the floor.
     pub fn new(ratio: f64) -> Self {
-        RetryBudget { ratio: ratio.clamp(0.0, 1.0), balance: Mutex::new(BUDGET_FLOOR) }
+        let ratio = (ratio.clamp(0.0, 1.0) * UNIT as f64).round() as u64;
+        RetryBudget { ratio, balance: AtomicU64::new(BUDGET_FLOOR as u64 * UNIT) }
     }
 
     /// Credit for one request.
     pub fn deposit(&self) {
-        let mut b = self.balance.lock();
-        *b = (*b + self.ratio).min(BUDGET_CAP);
+        let cap = BUDGET_CAP as u64 * UNIT;
+        if self.ratio == 0 || self.balance.load(Ordering::Relaxed) >= cap {
+            return;
+        }
+        let _ = self.balance.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some((b + self.ratio).min(cap)));
     }
 
     /// Spend one retry if there is credit for it.
     pub fn withdraw(&self) -> bool {
-        let mut b = self.balance.lock();
-        if *b >= 1.0 {
-            *b -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.balance.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(UNIT)).is_ok()
     }
 }
 

@@ -9,14 +9,14 @@
 //! forwarded blindly: only `x-` headers pass, never one that carries the
 //! service's credentials.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::RwLock;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
@@ -151,16 +151,27 @@ pub struct ServiceRoute {
     pub method: Method,
     template: PathTemplate,
     prefix_len: usize,
-    /// Subject → URL for recent subjects: building a URL (render, percent-
-    /// encode, check) costs more than the rest of the bridge's work per
-    /// request, and agents call the same few subjects over and over.
-    urls: RwLock<HashMap<String, Url, foldhash::fast::RandomState>>,
+    /// This compiled route's identity in the per-thread URL cache (never
+    /// reused, so a cached URL can never answer for another route).
+    id: u64,
     pub(crate) client: Arc<ServiceClient>,
 }
 
-/// Subjects whose URL a route remembers; past that the memory starts over
-/// (a bound, not an LRU: a route with that many live subjects gains little).
+/// Subjects whose URL each thread remembers; past that the memory starts
+/// over (a bound, not an LRU: that many live subjects gain little).
 const URL_CACHE: usize = 1024;
+
+/// Route identities for the URL cache.
+static NEXT_ROUTE_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// Subject → (route id, URL) for recent subjects: building a URL
+    /// (render, percent-encode, check) costs more than the rest of the
+    /// bridge's work per request, and agents call the same few subjects
+    /// over and over. Per thread, because a shared map's lock is a cache
+    /// line every worker writes on every request, even to read.
+    static URLS: RefCell<HashMap<String, (u64, Url), foldhash::fast::RandomState>> = RefCell::default();
+}
 
 impl std::fmt::Debug for ServiceRoute {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,7 +212,7 @@ impl ServiceRoute {
             method,
             template,
             prefix_len: literal_prefix_len(&route.pattern),
-            urls: RwLock::default(),
+            id: NEXT_ROUTE_ID.fetch_add(1, Ordering::Relaxed),
             client,
         })
     }
@@ -209,15 +220,20 @@ impl ServiceRoute {
     /// The URL a message to `subject` goes to; refuses anything that would
     /// leave the service's origin or base path.
     pub fn url_for(&self, subject: &str) -> Result<Url> {
-        if let Some(url) = self.urls.read().get(subject) {
-            return Ok(url.clone());
+        let cached = URLS.with_borrow(|urls| match urls.get(subject) {
+            Some((id, url)) if *id == self.id => Some(url.clone()),
+            _ => None,
+        });
+        if let Some(url) = cached {
+            return Ok(url);
         }
         let url = self.client.url_for(&self.template.render(subject, self.prefix_len))?;
-        let mut urls = self.urls.write();
-        if urls.len() >= URL_CACHE {
-            urls.clear();
-        }
-        urls.insert(subject.to_string(), url.clone());
+        URLS.with_borrow_mut(|urls| {
+            if urls.len() >= URL_CACHE {
+                urls.clear();
+            }
+            urls.insert(subject.to_string(), (self.id, url.clone()));
+        });
         Ok(url)
     }
 }
@@ -229,10 +245,13 @@ impl ServiceRoute {
 pub(crate) struct ServiceClient {
     pub name: String,
     base: Url,
-    client: RwLock<Option<reqwest::Client>>,
-    connections: Arc<Semaphore>,
+    /// The pooled client. Not behind a lock: every delivery uses it, and a
+    /// lock (or a reference count bumped per call) is a cache line both
+    /// worker threads would write per request. After [`terminate`](Self::terminate)
+    /// the closed `connections` semaphore refuses every call instead.
+    client: reqwest::Client,
+    connections: Semaphore,
     max_connections: usize,
-    in_flight: AtomicUsize,
     credentials: Credentials,
     retry: RetryManager,
     breaker: CircuitBreaker,
@@ -317,12 +336,11 @@ impl Failure {
 /// never leaves the gauge up).
 struct InFlight<'a> {
     svc: &'a ServiceClient,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: tokio::sync::SemaphorePermit<'a>,
 }
 
 impl<'a> InFlight<'a> {
-    fn new(svc: &'a ServiceClient, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        svc.in_flight.fetch_add(1, Ordering::Relaxed);
+    fn new(svc: &'a ServiceClient, permit: tokio::sync::SemaphorePermit<'a>) -> Self {
         svc.stats.connection_opened();
         InFlight { svc, _permit: permit }
     }
@@ -330,7 +348,6 @@ impl<'a> InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.svc.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.svc.stats.connection_closed();
     }
 }
@@ -345,8 +362,9 @@ enum Kind {
 /// The parts of a request that stay the same on every attempt.
 struct Prepared {
     method: Method,
-    url: Url,
-    headers: HeaderMap,
+    /// The URL and caller headers, taken by the first attempt (no copy on
+    /// the usual single-attempt path); a retry builds them again.
+    first: Option<(Url, HeaderMap)>,
     body: Option<Bytes>,
     /// The W3C trace this request belongs to (continued from the message's
     /// `traceparent`, else new), and its flags.
@@ -403,10 +421,9 @@ impl ServiceClient {
         };
         Ok(ServiceClient {
             name: name.to_string(),
-            client: RwLock::new(Some(client)),
-            connections: Arc::new(Semaphore::new(max_connections)),
+            client,
+            connections: Semaphore::new(max_connections),
             max_connections,
-            in_flight: AtomicUsize::new(0),
             credentials,
             retry: RetryManager::new(
                 svc.retry_attempts.unwrap_or(b.retry_attempts),
@@ -453,22 +470,29 @@ impl ServiceClient {
     }
 
     pub fn health(&self) -> ServiceHealth {
-        self.health.report(self.breaker.state(), self.in_flight.load(Ordering::Relaxed))
+        // Requests in flight are the connection permits held.
+        let in_flight = self.max_connections.saturating_sub(self.connections.available_permits());
+        self.health.report(self.breaker.state(), in_flight)
     }
 
-    /// Drop the pool and refuse new requests.
+    /// Refuse new requests (calls waiting for a connection fail with
+    /// `SHUTDOWN`). The pool's idle connections close when the bridge is
+    /// dropped, or after its 90 s idle timeout.
     pub fn terminate(&self) {
         self.connections.close();
-        self.client.write().take();
     }
 
-    fn client(&self) -> Option<reqwest::Client> {
-        self.client.read().clone()
+    fn terminated(&self) -> bool {
+        self.connections.is_closed()
     }
 
     /// One active health check.
     pub async fn check(&self) {
-        let (Some(url), Some(client)) = (self.health_check.clone(), self.client()) else { return };
+        let Some(url) = self.health_check.clone() else { return };
+        if self.terminated() {
+            return;
+        }
+        let client = &self.client;
         let deadline = Instant::now() + self.check_timeout;
         let mut headers = HeaderMap::new();
         let result = match self.credentials.apply(&mut headers, deadline).await {
@@ -496,8 +520,10 @@ impl ServiceClient {
     /// all inside the message's deadline.
     pub async fn deliver(&self, route: &ServiceRoute, msg: &Message) -> Result<Payload> {
         let deadline = msg.deadline.unwrap_or_else(|| Instant::now() + self.timeout.unwrap_or(FALLBACK_DEADLINE));
-        let Some(client) = self.client() else { return Err(BridgeError::shutdown()) };
-        let prepared = self.prepare(route, msg)?;
+        if self.terminated() {
+            return Err(BridgeError::shutdown());
+        }
+        let mut prepared = self.prepare(route, msg)?;
         if self.health.check_failed() {
             return Err(BridgeError::new(
                 ErrorCode::ServiceUnavailable,
@@ -528,7 +554,11 @@ impl ServiceClient {
                 }
             };
             let started = Instant::now();
-            let outcome = self.attempt(&client, &prepared, deadline).await;
+            let (url, headers) = match prepared.first.take() {
+                Some(parts) => parts,
+                None => (self.url(route, msg)?, self.headers(route, msg)?),
+            };
+            let outcome = self.attempt(&prepared, url, headers, deadline).await;
             let latency = started.elapsed();
             let failure = match outcome {
                 Ok(payload) => {
@@ -582,8 +612,38 @@ impl ServiceClient {
     }
 
     fn prepare(&self, route: &ServiceRoute, msg: &Message) -> Result<Prepared> {
+        let url = self.url(route, msg)?;
+        let headers = self.headers(route, msg)?;
+        let body = match (&route.method, &msg.payload) {
+            (&Method::GET | &Method::DELETE, _) => None,
+            (_, Payload::Json(v)) => {
+                Some(Bytes::from(serde_json::to_vec(v).map_err(|e| BridgeError::internal(e.to_string()))?))
+            }
+            (_, Payload::Bytes(b)) => Some(b.clone()),
+        };
+        let parent = msg
+            .header("traceparent")
+            .and_then(parse_traceparent)
+            .and_then(|(t, f)| Some((u128::from_str_radix(&t, 16).ok()?, u8::from_str_radix(&f, 16).ok()?)));
+        let (trace_id, flags) = parent.unwrap_or_else(|| (random_nonzero(rand::random::<u128>), 0x01));
+        Ok(Prepared { method: route.method.clone(), first: Some((url, headers)), body, trace_id, flags })
+    }
+
+    /// The URL for `msg` on `route` (GET and DELETE carry the payload as the query).
+    fn url(&self, route: &ServiceRoute, msg: &Message) -> Result<Url> {
         let mut url = route.url_for(&msg.destination)?;
-        let mut headers = HeaderMap::new();
+        if matches!(route.method, Method::GET | Method::DELETE) {
+            set_query(&mut url, &msg.payload)?;
+        }
+        Ok(url)
+    }
+
+    /// The headers every attempt sends: the caller's `x-` headers, the
+    /// idempotency key, `Accept` and the body's content type.
+    fn headers(&self, route: &ServiceRoute, msg: &Message) -> Result<HeaderMap> {
+        // Room for the usual set (key, accept, content type, trace, one
+        // credential) without growing the map.
+        let mut headers = HeaderMap::with_capacity(8 + msg.headers.len());
         let cred_header = self.credentials.header_name();
         for (name, value) in &msg.headers {
             let lower = name.to_ascii_lowercase();
@@ -603,40 +663,32 @@ impl ServiceClient {
             headers.insert(HeaderName::from_static("idempotency-key"), v);
         }
         headers.insert(reqwest::header::ACCEPT, HeaderValue::from_static("application/json, */*;q=0.5"));
-        let body = match (&route.method, &msg.payload) {
-            (&Method::GET | &Method::DELETE, payload) => {
-                set_query(&mut url, payload)?;
-                None
-            }
-            (_, Payload::Json(v)) => {
+        match (&route.method, &msg.payload) {
+            (&Method::GET | &Method::DELETE, _) => {}
+            (_, Payload::Json(_)) => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                Some(Bytes::from(serde_json::to_vec(v).map_err(|e| BridgeError::internal(e.to_string()))?))
             }
-            (_, Payload::Bytes(b)) => {
+            (_, Payload::Bytes(_)) => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-                Some(b.clone())
             }
-        };
-        let parent = msg
-            .header("traceparent")
-            .and_then(parse_traceparent)
-            .and_then(|(t, f)| Some((u128::from_str_radix(&t, 16).ok()?, u8::from_str_radix(&f, 16).ok()?)));
-        let (trace_id, flags) = parent.unwrap_or_else(|| (random_nonzero(rand::random::<u128>), 0x01));
-        Ok(Prepared { method: route.method.clone(), url, headers, body, trace_id, flags })
+        }
+        Ok(headers)
     }
 
     async fn attempt(
         &self,
-        client: &reqwest::Client,
         req: &Prepared,
+        url: Url,
+        mut headers: HeaderMap,
         deadline: Instant,
     ) -> std::result::Result<Payload, Failure> {
         // A free slot needs no timer; otherwise wait for one within the deadline.
-        let permit = match self.connections.clone().try_acquire_owned() {
+        // (A borrowed permit: no reference count to bump on a shared line.)
+        let permit = match self.connections.try_acquire() {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Failure::Shutdown),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                match tokio::time::timeout_at(deadline.into(), self.connections.clone().acquire_owned()).await {
+                match tokio::time::timeout_at(deadline.into(), self.connections.acquire()).await {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return Err(Failure::Shutdown),
                     Err(_) => return Err(Failure::PoolTimeout),
@@ -644,7 +696,6 @@ impl ServiceClient {
             }
         };
         let _in_flight = InFlight::new(self, permit);
-        let mut headers = req.headers.clone();
         if let Err(e) = self.credentials.apply(&mut headers, deadline).await {
             return Err(Failure::Credentials(e.error, e.retryable));
         }
@@ -659,14 +710,14 @@ impl ServiceClient {
         };
         // A Request built in place: the header map moves in whole instead of
         // being merged header by header as RequestBuilder::headers does.
-        let mut request = reqwest::Request::new(req.method.clone(), req.url.clone());
+        tracing::debug!(service = %self.name, method = %req.method, path = %url.path(), "sending");
+        let mut request = reqwest::Request::new(req.method.clone(), url);
         *request.headers_mut() = headers;
         if let Some(b) = &req.body {
             *request.body_mut() = Some(b.clone().into());
         }
-        tracing::debug!(service = %self.name, method = %req.method, path = %req.url.path(), "sending");
         let exchange = async {
-            let resp = client.execute(request).await.map_err(|e| {
+            let resp = self.client.execute(request).await.map_err(|e| {
                 if e.is_connect() {
                     self.stats.connection_error();
                     Failure::Connect(describe_reqwest(&e))
