@@ -373,7 +373,9 @@ impl BridgeManager {
     /// the components in reverse order. Calling it twice is harmless.
     pub async fn shutdown_with_grace(&self, grace: Duration) {
         let inner = &self.inner;
-        let prev = inner.state.swap(DRAINING, Ordering::AcqRel);
+        // SeqCst here and in `Accounting::drop`: either the last call sees
+        // DRAINING and wakes us, or we see its in-flight count of zero.
+        let prev = inner.state.swap(DRAINING, Ordering::SeqCst);
         if prev == STOPPED || prev == DRAINING {
             inner.state.store(prev, Ordering::Release);
             return;
@@ -381,7 +383,7 @@ impl BridgeManager {
         let drained = async {
             loop {
                 let notified = inner.drained.notified();
-                if inner.in_flight.load(Ordering::Acquire) == 0 {
+                if inner.in_flight.load(Ordering::SeqCst) == 0 {
                     return;
                 }
                 notified.await;
@@ -400,7 +402,7 @@ impl BridgeManager {
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             while inner.in_flight.load(Ordering::Acquire) > 0 {
                 let notified = inner.drained.notified();
-                if inner.in_flight.load(Ordering::Acquire) == 0 {
+                if inner.in_flight.load(Ordering::SeqCst) == 0 {
                     break;
                 }
                 notified.await;
@@ -744,7 +746,12 @@ fn is_rejection(code: ErrorCode) -> bool {
 impl Drop for Accounting {
     fn drop(&mut self) {
         self.finish(Outcome::Cancelled);
-        if self.inner.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Only a draining bridge waits for the count to reach zero; while
+        // running, skip the wake-up (it locks a mutex, and at concurrency 1
+        // every call ends at zero).
+        if self.inner.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.inner.state.load(Ordering::SeqCst) != RUNNING
+        {
             self.inner.drained.notify_waiters();
         }
     }
