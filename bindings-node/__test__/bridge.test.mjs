@@ -110,6 +110,40 @@ test('payloads: JSON values round-trip; Buffer and Uint8Array travel as bytes', 
   await bridge.shutdown()
 })
 
+test('route(dest, payload) fast path: odd values give the same answer as the walk', async () => {
+  const bridge = await started()
+  bridge.registerRustEcho('rust.echo')
+  // When a sibling (a Date) sends the payload to the walk, a getter is read
+  // by the text form and once more by the walk (not a third time), and the
+  // walk's read is what is sent.
+  let reads = 0
+  const reply = await bridge.route('rust.echo', {
+    get a() {
+      return ++reads
+    },
+    d: new Date(0),
+  })
+  assert.deepEqual(reply, { a: 2, d: '1970-01-01T00:00:00.000Z' })
+  assert.equal(reads, 2)
+  // An object that borrowed Array.prototype is an object, as the walk reads it.
+  const fake = Object.setPrototypeOf({ length: 2, 0: 'x' }, Array.prototype)
+  assert.deepEqual(await bridge.route('rust.echo', { fake }), { fake: { 0: 'x', length: 2 } })
+  // A payload too long for one JSON string still rejects with INVALID_MESSAGE.
+  const e = await rejection(bridge.route('rust.echo', { s: '\u0001'.repeat(1e8) }))
+  assert.equal(e.code, 'INVALID_MESSAGE')
+  // A getter that throws: the call throws it, as before the fast path.
+  assert.throws(() =>
+    bridge.route('rust.echo', {
+      get bad() {
+        throw new Error('getter broke')
+      },
+    }),
+  )
+  assert.equal(typeof bridge.__handle, 'undefined', 'the fast path handle is not public')
+  assert.deepEqual(await bridge.route('rust.echo', { still: 'works' }), { still: 'works' })
+  await bridge.shutdown()
+})
+
 test('plain JSON crosses as text exactly as the walk reads it (route(dest, payload) fast path)', async () => {
   const bridge = await started({ limits: { max_json_depth: 4 } })
   bridge.registerRustEcho('rust.echo')

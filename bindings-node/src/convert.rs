@@ -159,14 +159,15 @@ fn copy_bytes(data: *mut c_void, len: usize) -> Bytes {
 }
 
 /// A payload: Buffer/Uint8Array/ArrayBuffer as bytes, anything else as JSON.
-/// `undefined` is `null`.
-pub(crate) fn to_payload(env: sys::napi_env, v: RawValue, max_depth: usize) -> CResult<Payload> {
+/// `undefined` is `null`. `try_text`: try the text form first (false when
+/// the caller already did and it declined).
+pub(crate) fn to_payload(env: sys::napi_env, v: RawValue, max_depth: usize, try_text: bool) -> CResult<Payload> {
     if v.is_null() {
         return Ok(Payload::Json(Value::Null));
     }
     if type_of(env, v) == sys::ValueType::napi_object {
         // Plain JSON crosses as text; anything else is walked (see json_text).
-        if let Some(json) = crate::json_text::encode(env, v, max_depth) {
+        if try_text && let Some(json) = crate::json_text::encode(env, v, max_depth) {
             return Ok(Payload::Json(json));
         }
         if let Some(b) = as_bytes(env, v)? {

@@ -143,7 +143,7 @@ pub(crate) fn on_value(
 }
 
 pub(crate) fn reply_of(env: sys::napi_env, value: RawValue, max_depth: usize) -> Reply {
-    convert::to_payload(env, value, max_depth).map_err(|e| {
+    convert::to_payload(env, value, max_depth, true).map_err(|e| {
         let e = e.into_bridge("the handler's reply");
         BridgeError::handler(e.message().to_string())
     })

@@ -32,6 +32,7 @@ const SOURCE: &str = r#"(function () {
   'use strict';
   const OP = Object.prototype, AP = Array.prototype, proto = Object.getPrototypeOf, keys = Object.keys;
   const finite = Number.isFinite, str = JSON.stringify, parse = JSON.parse, P = Promise;
+  const isArray = Array.isArray, isView = ArrayBuffer.isView;
   // Object keys repeat from call to call: their JSON form is looked up, not
   // rewritten. Bounded: short keys only, and at most 4096 of them.
   const keyText = new Map();
@@ -52,7 +53,9 @@ const SOURCE: &str = r#"(function () {
         if (v === null) return 'null';
         if (depth >= max) return undefined;
         const p = proto(v);
-        if (p === AP) {
+        // A real array (not an object that borrowed Array.prototype, whose
+        // `length` could be anything); the walk handles the odd ones.
+        if (p === AP && isArray(v)) {
           let s = '[';
           for (let i = 0; i < v.length; i++) {
             const x = v[i];
@@ -62,7 +65,7 @@ const SOURCE: &str = r#"(function () {
           }
           return s + ']';
         }
-        if ((p !== OP && p !== null) || typeof v.toJSON === 'function') return undefined;
+        if ((p !== OP && p !== null) || typeof v.toJSON === 'function' || isView(v)) return undefined;
         const ks = keys(v);
         let s = '{', first = true;
         for (let i = 0; i < ks.length; i++) {
@@ -86,12 +89,25 @@ const SOURCE: &str = r#"(function () {
   function install(BM, routeText) {
     const proto = BM.prototype, route = proto.route, handleOf = proto.__handle;
     if (typeof route !== 'function' || typeof handleOf !== 'function' || typeof routeText !== 'function') return;
+    // Handles are for this closure only.
+    try {
+      delete proto.__handle;
+    } catch (_) {
+      // not configurable: it stays, harmless (a handle is only a reference)
+    }
     // Each bridge's handle, kept where only this closure can reach it.
     const handles = new WeakMap();
     Object.defineProperty(proto, 'route', {
       value: function route_(a, b, c) {
         if (typeof a === 'string' && c === undefined && typeof b === 'object' && b !== null) {
-          const t = enc(b, 0, 1000);
+          // A payload too big for one string (RangeError) or a getter that
+          // throws: route() below walks it and reports it as usual.
+          let t;
+          try {
+            t = enc(b, 0, 1000);
+          } catch (_) {
+            t = undefined;
+          }
           if (t !== undefined) {
             let h = handles.get(this);
             if (h === undefined) {
@@ -103,6 +119,8 @@ const SOURCE: &str = r#"(function () {
             if (r !== undefined) return r;
           }
         }
+        // The text form was tried (or does not apply): the walk reads each
+        // property once more, and only once.
         return route.call(this, a, b, c);
       },
       writable: true,

@@ -119,7 +119,17 @@ pub(crate) unsafe extern "C" fn route_text_cb(env: sys::napi_env, info: sys::nap
             }
         }
     };
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).ok().flatten().unwrap_or(std::ptr::null_mut())
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(v) => v.unwrap_or(std::ptr::null_mut()),
+        Err(_) => {
+            // Not `undefined`: that means "declined, take route()", which
+            // could deliver the message a second time.
+            let err = BridgeError::internal("route() panicked in the native fast path; the bridge is still usable");
+            // SAFETY: throwing on this call's env; the callback returns at once.
+            unsafe { napi::JsError::from(throw(env, &err)).throw_into(env) };
+            std::ptr::null_mut()
+        }
+    }
 }
 
 #[napi]
@@ -285,7 +295,13 @@ impl JsBridgeManager {
         options: Option<Unknown<'_>>,
     ) -> napi::Result<Unknown<'e>> {
         let e = env.raw();
-        let msg = self.message(e, destination_or_message.raw(), raw(&payload), raw(&options));
+        let (first, third) = (destination_or_message.raw(), raw(&options));
+        // route(destination, payload) comes here from the JS fast path only
+        // when its text form declined the payload: do not try it again (that
+        // would read every getter once more), walk it.
+        let text_tried = convert::type_of(e, first) == sys::ValueType::napi_string
+            && third.is_none_or(|o| convert::is_nullish(e, o));
+        let msg = call_args(e, self.max_depth, first, raw(&payload), third, !text_tried);
         self.dispatch(e, msg, false)
     }
 
@@ -471,12 +487,11 @@ impl Core {
                 }
                 match call.deliver_now() {
                     AnswerNow::Answered(Ok(Payload::Json(v))) if text_reply => {
-                        let text = serde_json::to_string(&v)
-                            .map_err(|err| BridgeError::internal(format!("could not write the reply: {err}")))
-                            .and_then(|t| convert::create_string(e, &t));
+                        let text = serde_json::to_string(&v).ok().and_then(|t| convert::create_string(e, &t).ok());
                         return match text {
-                            Ok(t) => Ok(unknown(e, t)),
-                            Err(err) => Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+                            Some(t) => Ok(unknown(e, t)),
+                            // Too long for one JS string: build the value instead.
+                            None => Ok(unknown(e, self.settler.ready(e, Ok(Reply::Payload(Payload::Json(v))))?)),
                         };
                     }
                     AnswerNow::Answered(reply) => {
@@ -502,7 +517,7 @@ impl Core {
         second: Option<RawValue>,
         third: Option<RawValue>,
     ) -> Result<(Message, CallOptions), BridgeError> {
-        call_args(env, self.max_depth, first, second, third)
+        call_args(env, self.max_depth, first, second, third, true)
     }
 }
 
@@ -514,13 +529,14 @@ fn call_args(
     first: RawValue,
     second: Option<RawValue>,
     third: Option<RawValue>,
+    try_text: bool,
 ) -> Result<(Message, CallOptions), BridgeError> {
     use sys::ValueType as T;
     let mut msg = match convert::type_of(env, first) {
         T::napi_string => {
             let dest = convert::get_string(env, first).map_err(|c| c.into_bridge("destination"))?;
             let payload = match second {
-                Some(p) => convert::to_payload(env, p, max_depth).map_err(|c| c.into_bridge("payload"))?,
+                Some(p) => convert::to_payload(env, p, max_depth, try_text).map_err(|c| c.into_bridge("payload"))?,
                 None => Payload::default(),
             };
             Message::new(dest, payload)
@@ -563,7 +579,7 @@ fn message_object(env: sys::napi_env, max_depth: usize, obj: RawValue) -> Result
     }
     let dest = convert::get_string(env, dest).map_err(|c| c.into_bridge("message.destination"))?;
     let payload = field("payload")?;
-    let payload = convert::to_payload(env, payload, max_depth).map_err(|c| c.into_bridge("payload"))?;
+    let payload = convert::to_payload(env, payload, max_depth, true).map_err(|c| c.into_bridge("payload"))?;
     let mut msg = Message::new(dest, payload);
     read_headers(env, field("headers")?, &mut msg)?;
     let priority = field("priority")?;

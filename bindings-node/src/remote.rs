@@ -133,7 +133,7 @@ impl JsRemoteBridge {
         options: Option<Unknown<'_>>,
     ) -> napi::Result<Unknown<'e>> {
         let e = env.raw();
-        let p = match call_args(e, self.max_depth, destination_or_message.raw(), raw(&payload), raw(&options)) {
+        let p = match call_args(e, self.max_depth, destination_or_message.raw(), raw(&payload), raw(&options), true) {
             Ok((msg, opts)) => {
                 let r = self.remote.clone();
                 self.settler.promise(e, async move { r.route(msg, opts).await.map(Reply::Payload) })?
@@ -157,7 +157,7 @@ impl JsRemoteBridge {
         options: Option<Unknown<'_>>,
     ) -> napi::Result<Unknown<'e>> {
         let e = env.raw();
-        let p = match call_args(e, self.max_depth, destination_or_message.raw(), raw(&payload), raw(&options)) {
+        let p = match call_args(e, self.max_depth, destination_or_message.raw(), raw(&payload), raw(&options), true) {
             Ok((msg, opts)) => {
                 let r = self.remote.clone();
                 self.settler
