@@ -8,12 +8,13 @@
 //! a self-referencing list or a 100,000-deep nest cannot overflow the stack;
 //! the engine's `limits.max_json_depth` check then applies as everywhere.
 
+use dreamos_bridge::message::Limits;
 use dreamos_bridge::{BridgeError, Payload};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
 
-use crate::capi::str_of;
+use crate::capi::{str_of, utf8_len};
 
 /// Build a payload from a Python object. `max_depth` is the engine's limit.
 pub fn py_to_payload(obj: &Bound<'_, PyAny>, max_depth: usize) -> Result<Payload, BridgeError> {
@@ -120,42 +121,104 @@ pub fn check_reply(obj: &Bound<'_, PyAny>, max_depth: usize) -> Result<(), Bridg
     if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
         return Ok(());
     }
-    check_value(obj, 1, max_depth)
+    Walk { max_depth, max_bytes: usize::MAX, size: 0 }.value(obj, 1)
 }
 
-fn check_value(obj: &Bound<'_, PyAny>, depth: usize, max_depth: usize) -> Result<(), BridgeError> {
-    if obj.is_none() || obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBool>() {
-        return Ok(());
+/// Validate a payload object as the engine validates a converted one
+/// (`dreamos_bridge::message::validate_payload`: JSON-shaped, nesting within
+/// `limits.max_json_depth`, size estimated the same way within
+/// `limits.max_payload_bytes`), without building a copy: for
+/// `BridgeManager::begin_with`, so that a payload bound for a Python handler
+/// on the caller's loop is never converted at all.
+pub fn check_payload(obj: &Bound<'_, PyAny>, limits: &Limits) -> Result<(), BridgeError> {
+    let size = if let Ok(b) = obj.cast::<PyBytes>() {
+        b.as_bytes().len()
+    } else if let Ok(b) = obj.cast::<PyByteArray>() {
+        b.len()
+    } else {
+        let mut w = Walk { max_depth: limits.max_json_depth, max_bytes: limits.max_payload_bytes, size: 0 };
+        w.value(obj, 1)?;
+        w.size
+    };
+    if size > limits.max_payload_bytes {
+        return Err(BridgeError::invalid(format!(
+            "payload is about {size} bytes; the limit is {} (limits.max_payload_bytes)",
+            limits.max_payload_bytes
+        )));
     }
-    if obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>() {
-        // Range and NaN checks are the converter's; reuse it for scalars.
-        return py_to_value(obj, depth, max_depth).map(drop);
-    }
-    if let Ok(d) = obj.cast::<PyDict>() {
-        if depth > max_depth {
-            return Err(too_deep(max_depth));
+    Ok(())
+}
+
+/// One walk over a Python value: shape, depth, and the engine's size
+/// estimate (`json_walk` in the core's message.rs: null 4, bool 5, number 8,
+/// str its UTF-8 + 2, containers 2 + one per item, object keys + 4).
+struct Walk {
+    max_depth: usize,
+    max_bytes: usize,
+    size: usize,
+}
+
+impl Walk {
+    fn value(&mut self, obj: &Bound<'_, PyAny>, depth: usize) -> Result<(), BridgeError> {
+        // Past the limit the caller reports the size; stop walking (as the core does).
+        if self.size > self.max_bytes {
+            return Ok(());
         }
-        for (k, v) in d.iter() {
-            if !k.is_instance_of::<PyString>() {
-                return py_to_value(obj, depth, max_depth).map(drop);
+        if let Ok(s) = obj.cast::<PyString>() {
+            self.size += 2 + utf8_len(s).map_err(|_| {
+                BridgeError::invalid(
+                    "payload contains a str that is not valid UTF-8 (lone surrogates); encode it first",
+                )
+            })?;
+            return Ok(());
+        }
+        if obj.is_none() {
+            self.size += 4;
+            return Ok(());
+        }
+        // bool before int: bool is an int subclass.
+        if obj.is_instance_of::<PyBool>() {
+            self.size += 5;
+            return Ok(());
+        }
+        if obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>() {
+            // Range and NaN checks are the converter's; reuse it for scalars.
+            py_to_value(obj, depth, self.max_depth)?;
+            self.size += 8;
+            return Ok(());
+        }
+        if let Ok(d) = obj.cast::<PyDict>() {
+            if depth > self.max_depth {
+                return Err(too_deep(self.max_depth));
             }
-            check_value(&v, depth + 1, max_depth)?;
+            self.size += 2;
+            for (k, v) in d.iter() {
+                let Ok(key) = k.cast::<PyString>() else {
+                    // The converter names the key's type.
+                    return py_to_value(obj, depth, self.max_depth).map(drop);
+                };
+                self.size += 4 + utf8_len(key)
+                    .map_err(|_| BridgeError::invalid("payload has a dict key that is not valid UTF-8"))?;
+                self.value(&v, depth + 1)?;
+            }
+            return Ok(());
         }
-        return Ok(());
-    }
-    if let Ok(l) = obj.cast::<PyList>() {
-        if depth > max_depth {
-            return Err(too_deep(max_depth));
+        if let Ok(l) = obj.cast::<PyList>() {
+            if depth > self.max_depth {
+                return Err(too_deep(self.max_depth));
+            }
+            self.size += 2 + l.len();
+            return l.iter().try_for_each(|v| self.value(&v, depth + 1));
         }
-        return l.iter().try_for_each(|v| check_value(&v, depth + 1, max_depth));
-    }
-    if let Ok(t) = obj.cast::<PyTuple>() {
-        if depth > max_depth {
-            return Err(too_deep(max_depth));
+        if let Ok(t) = obj.cast::<PyTuple>() {
+            if depth > self.max_depth {
+                return Err(too_deep(self.max_depth));
+            }
+            self.size += 2 + t.len();
+            return t.iter().try_for_each(|v| self.value(&v, depth + 1));
         }
-        return t.iter().try_for_each(|v| check_value(&v, depth + 1, max_depth));
+        Err(not_json(obj))
     }
-    Err(not_json(obj))
 }
 
 /// JSON → Python (objects keep their key order).

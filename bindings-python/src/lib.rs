@@ -45,6 +45,7 @@ mod capi;
 mod cli;
 mod completer;
 mod convert;
+mod done;
 mod errors;
 mod handler;
 mod message;
@@ -59,6 +60,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::PyBridge>()?;
     m.add_class::<bridge::Direct>()?;
     m.add_class::<completer::Completer>()?;
+    m.add_class::<done::Done>()?;
+    done::install_am_send(m.py())?;
     m.add_class::<completer::Abort>()?;
     m.add_class::<handler::Resolver>()?;
     m.add_class::<message::PyMessage>()?;
