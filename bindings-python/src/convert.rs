@@ -10,6 +10,7 @@
 
 use dreamos_bridge::message::Limits;
 use dreamos_bridge::{BridgeError, Payload};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
@@ -164,6 +165,120 @@ impl Walk {
         if self.size > self.max_bytes {
             return Ok(());
         }
+        // SAFETY: `obj` is alive and the GIL is held; `exact` runs no Python
+        // code, so the containers it borrows from cannot change meanwhile.
+        let before = self.size;
+        match unsafe { self.exact(obj.py(), obj.as_ptr(), depth) } {
+            Some(r) => r,
+            None => {
+                self.size = before; // `any` walks this value again from the start
+                self.any(obj, depth)
+            }
+        }
+    }
+
+    /// The walk for the exact built-in types (nearly every payload), by type
+    /// pointer and borrowed references: no `isinstance` chain, no reference
+    /// counting. `None` for anything else (subclasses, other types, an int
+    /// past 64 bits), which [`any`](Self::any) then handles.
+    unsafe fn exact(
+        &mut self,
+        py: Python<'_>,
+        obj: *mut ffi::PyObject,
+        depth: usize,
+    ) -> Option<Result<(), BridgeError>> {
+        use std::ptr::addr_of_mut;
+        // SAFETY (whole body): see `value`; the type objects are CPython's statics.
+        unsafe {
+            let tp = ffi::Py_TYPE(obj);
+            if tp == addr_of_mut!(ffi::PyUnicode_Type) {
+                return Some(self.str_len(py, obj).map(|n| self.size += 2 + n));
+            }
+            if obj == ffi::Py_None() {
+                self.size += 4;
+                return Some(Ok(()));
+            }
+            if tp == addr_of_mut!(ffi::PyBool_Type) {
+                self.size += 5;
+                return Some(Ok(()));
+            }
+            if tp == addr_of_mut!(ffi::PyLong_Type) {
+                let mut overflow: std::os::raw::c_int = 0;
+                let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
+                if overflow != 0 || (v == -1 && !ffi::PyErr_Occurred().is_null()) {
+                    ffi::PyErr_Clear();
+                    return None; // past i64: the converter decides (u64, or the error)
+                }
+                self.size += 8;
+                return Some(Ok(()));
+            }
+            if tp == addr_of_mut!(ffi::PyFloat_Type) {
+                if !ffi::PyFloat_AsDouble(obj).is_finite() {
+                    return None; // the converter's error
+                }
+                self.size += 8;
+                return Some(Ok(()));
+            }
+            if tp == addr_of_mut!(ffi::PyDict_Type) {
+                if depth > self.max_depth {
+                    return Some(Err(too_deep(self.max_depth)));
+                }
+                self.size += 2;
+                let mut pos: ffi::Py_ssize_t = 0;
+                let mut k: *mut ffi::PyObject = std::ptr::null_mut();
+                let mut v: *mut ffi::PyObject = std::ptr::null_mut();
+                while ffi::PyDict_Next(obj, &mut pos, &mut k, &mut v) != 0 {
+                    if ffi::Py_TYPE(k) != addr_of_mut!(ffi::PyUnicode_Type) {
+                        return None; // a str subclass or a bad key: the slow walk says which
+                    }
+                    match self.str_len(py, k) {
+                        Ok(n) => self.size += 4 + n,
+                        Err(_) => {
+                            return Some(Err(BridgeError::invalid("payload has a dict key that is not valid UTF-8")));
+                        }
+                    }
+                    if let Err(e) = self.value(&Bound::from_borrowed_ptr(py, v), depth + 1) {
+                        return Some(Err(e));
+                    }
+                }
+                return Some(Ok(()));
+            }
+            let list = tp == addr_of_mut!(ffi::PyList_Type);
+            if list || tp == addr_of_mut!(ffi::PyTuple_Type) {
+                if depth > self.max_depth {
+                    return Some(Err(too_deep(self.max_depth)));
+                }
+                let n = if list { ffi::PyList_Size(obj) } else { ffi::PyTuple_Size(obj) };
+                self.size += 2 + n.max(0) as usize;
+                for i in 0..n {
+                    let item = if list { ffi::PyList_GetItem(obj, i) } else { ffi::PyTuple_GetItem(obj, i) };
+                    if item.is_null() {
+                        ffi::PyErr_Clear();
+                        return None;
+                    }
+                    if let Err(e) = self.value(&Bound::from_borrowed_ptr(py, item), depth + 1) {
+                        return Some(Err(e));
+                    }
+                }
+                return Some(Ok(()));
+            }
+            None
+        }
+    }
+
+    /// A str's UTF-8 length; lone surrogates are an error.
+    unsafe fn str_len(&self, py: Python<'_>, s: *mut ffi::PyObject) -> Result<usize, BridgeError> {
+        // SAFETY: `s` is a live exact str (checked by the caller).
+        let s = unsafe { Bound::from_borrowed_ptr(py, s) };
+        let s = s.cast::<PyString>().map_err(|_| BridgeError::internal("str_len on a non-str"))?;
+        utf8_len(s).map_err(|_| {
+            BridgeError::invalid("payload contains a str that is not valid UTF-8 (lone surrogates); encode it first")
+        })
+    }
+
+    /// The walk for every other object: subclasses of the JSON types, and
+    /// the errors naming what is wrong.
+    fn any(&mut self, obj: &Bound<'_, PyAny>, depth: usize) -> Result<(), BridgeError> {
         if let Ok(s) = obj.cast::<PyString>() {
             self.size += 2 + utf8_len(s).map_err(|_| {
                 BridgeError::invalid(
