@@ -1,11 +1,12 @@
 //! The native `Bridge`: converts arguments, calls the engine, maps errors.
 //!
 //! Every method that may wait takes the caller's [`Completer`]. `route`
-//! returns a `_Reply` future (see `completer.rs`): already completed when the
+//! returns a finished [`Done`](crate::done::Done) when the
 //! engine answered on the caller's thread (validate, authenticate,
 //! authorize, resolve and admit never wait; a Python handler on this loop
-//! that does not suspend, or a Rust handler, answers at once), pending when
-//! tokio has the work (admission queue, HTTP, a handler on another loop);
+//! that does not suspend, or a Rust handler, answers at once), a pending
+//! `_Reply` future (see `completer.rs`) when tokio has the work (admission
+//! queue, HTTP, a handler on another loop);
 //! or a [`Direct`] when a Python handler on this loop suspended, for Python
 //! to finish. The other methods return the result itself when it came at
 //! once, else a pending future.
@@ -444,7 +445,7 @@ impl PyBridge {
         self.bridge.routes()
     }
 
-    /// Always returns a `_Reply` future: already completed when the call
+    /// Always returns a future: a finished `Done` when the call
     /// finished on this thread (errors included), pending when tokio has the
     /// work; or a [`Direct`] when a Python handler on this loop suspended and
     /// Python must run the rest of it.

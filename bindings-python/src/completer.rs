@@ -9,13 +9,11 @@
 //! then resolves every queued future in one go, so under load one wake-up
 //! serves many results.
 //!
-//! The futures are instances of the package's `_Reply`, an `asyncio.Future`
-//! subclass that is also accepted where a coroutine is expected (see
-//! `dreamos_bridge/__init__.py`): `route` hands one back even when the
-//! answer is already there ([`ready`]), so `asyncio.gather` takes it as it is
-//! instead of wrapping a coroutine in a task, and `await` on it returns at
-//! once. A pending one carries an [`Abort`] in its `_abort` slot: cancelling
-//! the future drops the engine work.
+//! The pending futures are instances of the package's `_Reply`, an
+//! `asyncio.Future` subclass that is also accepted where a coroutine is
+//! expected (see `dreamos_bridge/__init__.py`). A pending one carries an
+//! [`Abort`] in its `_abort` slot: cancelling the future drops the engine
+//! work. An answer that is already there goes back as a [`Done`] ([`ready`]).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;

@@ -395,9 +395,10 @@ class BridgeManager:
         """Send a request; await the result for the reply. Cancelling the awaiting task cancels the call.
 
         Inside a running loop the call starts at once and what comes back is
-        an ``asyncio.Future`` (also usable as a coroutine, e.g. with
-        ``asyncio.create_task``); it is already done when the reply came
-        without waiting, e.g. from a handler on this loop or a Rust handler.
+        a future (``asyncio.isfuture``; also usable as a coroutine, e.g. with
+        ``asyncio.create_task``): a native finished one when the reply came
+        without waiting, e.g. from a handler on this loop or a Rust handler,
+        else an ``asyncio.Future``.
         Outside a running loop it returns a coroutine that makes the call
         when it runs.
         """
