@@ -1,11 +1,12 @@
 //! The native `Bridge`: converts arguments, calls the engine, maps errors.
 //!
 //! Every method that may wait takes the caller's [`Completer`]. `route`
-//! returns a `_Reply` future (see `completer.rs`): already completed when the
+//! returns a finished [`Done`](crate::done::Done) when the
 //! engine answered on the caller's thread (validate, authenticate,
 //! authorize, resolve and admit never wait; a Python handler on this loop
-//! that does not suspend, or a Rust handler, answers at once), pending when
-//! tokio has the work (admission queue, HTTP, a handler on another loop);
+//! that does not suspend, or a Rust handler, answers at once), a pending
+//! `_Reply` future (see `completer.rs`) when tokio has the work (admission
+//! queue, HTTP, a handler on another loop);
 //! or a [`Direct`] when a Python handler on this loop suspended, for Python
 //! to finish. The other methods return the result itself when it came at
 //! once, else a pending future.
@@ -30,7 +31,7 @@ use pyo3::types::{PyFloat, PyInt, PyList, PyString};
 
 use crate::capi::{Step, send_none, str_of};
 use crate::completer::{Abort, Completer, is_awaitable, is_coroutine, make_result, ready};
-use crate::convert::{check_reply, payload_to_py, py_to_payload, py_to_value, value_to_py};
+use crate::convert::{check_payload, check_reply, payload_to_py, py_to_payload, py_to_value, value_to_py};
 use crate::errors::{guard, handler_error, to_pyerr};
 use crate::handler::{HomeLoop, PyHandler};
 use crate::message::{PyMessage, PyToken, headers_from_py, token_arg};
@@ -196,33 +197,51 @@ impl PyBridge {
         Ok(())
     }
 
-    /// The engine message, plus the payload object and Python message parts.
+    /// The engine message with an empty payload, and the payload object.
+    fn envelope<'py>(
+        &self,
+        py: Python<'py>,
+        destination: &Bound<'py, PyAny>,
+        payload: &Bound<'py, PyAny>,
+        headers: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(dreamos_bridge::Message, Bound<'py, PyAny>)> {
+        if let Ok(m) = destination.cast::<PyMessage>() {
+            if !payload.is_none() {
+                return Err(invalid(py, "pass the payload inside the Message, not as a second argument"));
+            }
+            let m = m.get();
+            let mut core = m.to_core(Payload::default());
+            core.headers.extend(headers_from_py(py, headers)?);
+            return Ok((core, m.payload.bind(py).clone()));
+        }
+        let Ok(dest) = destination.cast::<PyString>() else {
+            return Err(invalid(py, format!("destination must be a str or a Message, not {}", type_name(destination))));
+        };
+        let mut core = dreamos_bridge::Message::new(
+            str_of(dest).map_err(|_| invalid(py, "destination is not valid UTF-8 (it has lone surrogates)"))?,
+            Payload::default(),
+        );
+        core.headers = headers_from_py(py, headers)?;
+        Ok((core, payload.clone()))
+    }
+
+    /// The engine message, its payload converted.
     fn message_arg(
         &self,
         py: Python<'_>,
         destination: &Bound<'_, PyAny>,
         payload: &Bound<'_, PyAny>,
         headers: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<(dreamos_bridge::Message, Py<PyAny>)> {
-        if let Ok(m) = destination.cast::<PyMessage>() {
-            if !payload.is_none() {
-                return Err(invalid(py, "pass the payload inside the Message, not as a second argument"));
-            }
-            let m = m.get();
-            let mut core = m.to_core(py_to_payload(m.payload.bind(py), self.max_depth).map_err(|e| to_pyerr(py, &e))?);
-            core.headers.extend(headers_from_py(py, headers)?);
-            return Ok((core, m.payload.clone_ref(py)));
-        }
-        let Ok(dest) = destination.cast::<PyString>() else {
-            return Err(invalid(py, format!("destination must be a str or a Message, not {}", type_name(destination))));
-        };
-        let body = py_to_payload(payload, self.max_depth).map_err(|e| to_pyerr(py, &e))?;
-        let mut core = dreamos_bridge::Message::new(
-            str_of(dest).map_err(|_| invalid(py, "destination is not valid UTF-8 (it has lone surrogates)"))?,
-            body,
-        );
-        core.headers = headers_from_py(py, headers)?;
-        Ok((core, payload.clone().unbind()))
+    ) -> PyResult<dreamos_bridge::Message> {
+        let (mut msg, obj) = self.envelope(py, destination, payload, headers)?;
+        msg.payload = py_to_payload(&obj, self.max_depth).map_err(|e| to_pyerr(py, &e))?;
+        Ok(msg)
+    }
+
+    /// Give the engine the converted payload of a call that it delivers.
+    fn install_payload(&self, py: Python<'_>, call: &mut Call, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        let r = py_to_payload(obj, self.max_depth).and_then(|p| call.set_payload(p));
+        r.map_err(|e| to_pyerr(py, &e))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -237,9 +256,14 @@ impl PyBridge {
         headers: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         self.check(py)?;
-        let (msg, py_payload) = self.message_arg(py, destination, payload, headers)?;
+        let (msg, obj) = self.envelope(py, destination, payload, headers)?;
         let opts = CallOptions { token: token_arg(py, token)?, timeout: timeout_arg(py, timeout)? };
-        let mut call = self.bridge.begin(Action::Route, msg, &opts).map_err(|e| to_pyerr(py, &e))?;
+        // The payload object is validated where it is; it is converted only
+        // if the engine delivers it (not for a Python handler on this loop).
+        let mut call = self
+            .bridge
+            .begin_with(Action::Route, msg, &opts, |limits| check_payload(&obj, limits))
+            .map_err(|e| to_pyerr(py, &e))?;
         // A Python handler on the caller's own loop: call it here.
         let local = call
             .handler()
@@ -250,15 +274,17 @@ impl PyBridge {
         match call.try_admit() {
             Ok(None) => {
                 if let Some(func) = local {
-                    return self.call_here(py, c, call, func, py_payload);
+                    return self.call_here(py, c, call, func, obj.unbind());
                 }
+                self.install_payload(py, &mut call, &obj)?;
                 // A Rust handler that answers at once: no future to poll.
                 match call.deliver_now() {
                     AnswerNow::Answered(r) => return ready(py, c, conv_result(py, r, conv_payload)),
                     AnswerNow::Later(back) => call = back,
                 }
             }
-            Ok(Some(_)) => {} // admission must wait: admit() below does
+            // Admission must wait: admit() below does.
+            Ok(Some(_)) => self.install_payload(py, &mut call, &obj)?,
             Err(e) => return Err(to_pyerr(py, &e)),
         }
         run_or_spawn(
@@ -419,7 +445,7 @@ impl PyBridge {
         self.bridge.routes()
     }
 
-    /// Always returns a `_Reply` future: already completed when the call
+    /// Always returns a future: a finished `Done` when the call
     /// finished on this thread (errors included), pending when tokio has the
     /// work; or a [`Direct`] when a Python handler on this loop suspended and
     /// Python must run the rest of it.
@@ -454,7 +480,7 @@ impl PyBridge {
     ) -> PyResult<Py<PyAny>> {
         self.check(py)?;
         guard(py, || {
-            let (msg, _) = self.message_arg(py, destination, payload, headers)?;
+            let msg = self.message_arg(py, destination, payload, headers)?;
             let opts = CallOptions { token: token_arg(py, token)?, timeout: None };
             let b = self.bridge.clone();
             run_or_spawn(
@@ -587,7 +613,7 @@ impl PyBridge {
         destination: &Bound<'py, PyAny>,
         payload: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let (msg, _) = self.message_arg(py, destination, payload, None)?;
+        let msg = self.message_arg(py, destination, payload, None)?;
         let b = self.bridge.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let r = b.route(msg, CallOptions::default()).await;

@@ -43,6 +43,11 @@ fn as_utf8_and_size() -> Option<AsUtf8AndSize> {
     })
 }
 
+/// Does this interpreter have `PyIter_Send` (3.10+), and so the `am_send` slot?
+pub fn has_iter_send() -> bool {
+    iter_send().is_some()
+}
+
 /// The result of stepping a coroutine once.
 pub enum Step<'py> {
     /// It suspended, yielding this.
@@ -95,4 +100,20 @@ pub fn str_of<'a>(s: &'a Bound<'_, PyString>) -> PyResult<Cow<'a, str>> {
             .map_err(|e| pyo3::exceptions::PyUnicodeError::new_err(format!("str is not valid UTF-8: {e}")));
     }
     s.to_cow()
+}
+
+/// The length in bytes of a `str`'s UTF-8, without copying it when the
+/// interpreter allows (the UTF-8 is cached in the object); an error for text
+/// that is not valid UTF-8 (lone surrogates).
+pub fn utf8_len(s: &Bound<'_, PyString>) -> PyResult<usize> {
+    if let Some(f) = as_utf8_and_size() {
+        let mut len: ffi::Py_ssize_t = 0;
+        // SAFETY: `s` is a live str and we hold the GIL; only the length is read.
+        let ptr = unsafe { f(s.as_ptr(), &mut len) };
+        if ptr.is_null() {
+            return Err(PyErr::fetch(s.py()));
+        }
+        return Ok(len as usize);
+    }
+    Ok(s.to_cow()?.len())
 }

@@ -9,13 +9,11 @@
 //! then resolves every queued future in one go, so under load one wake-up
 //! serves many results.
 //!
-//! The futures are instances of the package's `_Reply`, an `asyncio.Future`
-//! subclass that is also accepted where a coroutine is expected (see
-//! `dreamos_bridge/__init__.py`): `route` hands one back even when the
-//! answer is already there ([`ready`]), so `asyncio.gather` takes it as it is
-//! instead of wrapping a coroutine in a task, and `await` on it returns at
-//! once. A pending one carries an [`Abort`] in its `_abort` slot: cancelling
-//! the future drops the engine work.
+//! The pending futures are instances of the package's `_Reply`, an
+//! `asyncio.Future` subclass that is also accepted where a coroutine is
+//! expected (see `dreamos_bridge/__init__.py`). A pending one carries an
+//! [`Abort`] in its `_abort` slot: cancelling the future drops the engine
+//! work. An answer that is already there goes back as a [`Done`] ([`ready`]).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -26,10 +24,10 @@ use dreamos_bridge::BridgeError;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 
-use pyo3::exceptions::PyException;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
+use crate::done::Done;
 use crate::errors::to_pyerr;
 use crate::runtime::fork_generation;
 
@@ -88,22 +86,12 @@ pub fn new_future<'py>(py: Python<'py>, event_loop: &Bound<'py, PyAny>) -> PyRes
     types(py)?.reply.bind(py).call((), Some(&kwargs))
 }
 
-/// An already-completed `_Reply` on `c`'s loop: awaiting it costs no loop
-/// round trip. Exceptions go into the future, as a coroutine would raise
-/// them at its `await`; a `BaseException` that is not an `Exception`
+/// An already-completed result on `c`'s loop (a [`Done`]): awaiting it
+/// costs no loop round trip. Exceptions go into it, as a coroutine would
+/// raise them at its `await`; a `BaseException` that is not an `Exception`
 /// (KeyboardInterrupt, a cancellation) is raised at once.
 pub fn ready(py: Python<'_>, c: &Completer, r: PyResult<Py<PyAny>>) -> PyResult<Py<PyAny>> {
-    let fut = c.create_future(py)?;
-    match r {
-        Ok(v) => {
-            fut.call_method1(pyo3::intern!(py, "set_result"), (v,))?;
-        }
-        Err(e) if e.is_instance_of::<PyException>(py) => {
-            fut.call_method1(pyo3::intern!(py, "set_exception"), (e.into_value(py),))?;
-        }
-        Err(e) => return Err(e),
-    }
-    Ok(fut.unbind())
+    Done::new_object(py, &c.loop_ref, r)
 }
 
 /// Turns a finished result into the Python value (run on the loop's thread).

@@ -8,12 +8,14 @@
 //! a self-referencing list or a 100,000-deep nest cannot overflow the stack;
 //! the engine's `limits.max_json_depth` check then applies as everywhere.
 
+use dreamos_bridge::message::Limits;
 use dreamos_bridge::{BridgeError, Payload};
+use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use serde_json::{Map, Number, Value};
 
-use crate::capi::str_of;
+use crate::capi::{str_of, utf8_len};
 
 /// Build a payload from a Python object. `max_depth` is the engine's limit.
 pub fn py_to_payload(obj: &Bound<'_, PyAny>, max_depth: usize) -> Result<Payload, BridgeError> {
@@ -120,42 +122,218 @@ pub fn check_reply(obj: &Bound<'_, PyAny>, max_depth: usize) -> Result<(), Bridg
     if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
         return Ok(());
     }
-    check_value(obj, 1, max_depth)
+    Walk { max_depth, max_bytes: usize::MAX, size: 0 }.value(obj, 1)
 }
 
-fn check_value(obj: &Bound<'_, PyAny>, depth: usize, max_depth: usize) -> Result<(), BridgeError> {
-    if obj.is_none() || obj.is_instance_of::<PyString>() || obj.is_instance_of::<PyBool>() {
-        return Ok(());
+/// Validate a payload object as the engine validates a converted one
+/// (`dreamos_bridge::message::validate_payload`: JSON-shaped, nesting within
+/// `limits.max_json_depth`, size estimated the same way within
+/// `limits.max_payload_bytes`), without building a copy: for
+/// `BridgeManager::begin_with`, so that a payload bound for a Python handler
+/// on the caller's loop is never converted at all.
+pub fn check_payload(obj: &Bound<'_, PyAny>, limits: &Limits) -> Result<(), BridgeError> {
+    let size = if let Ok(b) = obj.cast::<PyBytes>() {
+        b.as_bytes().len()
+    } else if let Ok(b) = obj.cast::<PyByteArray>() {
+        b.len()
+    } else {
+        let mut w = Walk { max_depth: limits.max_json_depth, max_bytes: limits.max_payload_bytes, size: 0 };
+        w.value(obj, 1)?;
+        w.size
+    };
+    if size > limits.max_payload_bytes {
+        return Err(BridgeError::invalid(format!(
+            "payload is about {size} bytes; the limit is {} (limits.max_payload_bytes)",
+            limits.max_payload_bytes
+        )));
     }
-    if obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>() {
-        // Range and NaN checks are the converter's; reuse it for scalars.
-        return py_to_value(obj, depth, max_depth).map(drop);
-    }
-    if let Ok(d) = obj.cast::<PyDict>() {
-        if depth > max_depth {
-            return Err(too_deep(max_depth));
+    Ok(())
+}
+
+/// One walk over a Python value: shape, depth, and the engine's size
+/// estimate (`json_walk` in the core's message.rs: null 4, bool 5, number 8,
+/// str its UTF-8 + 2, containers 2 + one per item, object keys + 4).
+struct Walk {
+    max_depth: usize,
+    max_bytes: usize,
+    size: usize,
+}
+
+impl Walk {
+    fn value(&mut self, obj: &Bound<'_, PyAny>, depth: usize) -> Result<(), BridgeError> {
+        // Past the limit the caller reports the size; stop walking (as the core does).
+        if self.size > self.max_bytes {
+            return Ok(());
         }
-        for (k, v) in d.iter() {
-            if !k.is_instance_of::<PyString>() {
-                return py_to_value(obj, depth, max_depth).map(drop);
+        // SAFETY: `obj` is alive and the GIL is held; `exact` runs no Python
+        // code, so the containers it borrows from cannot change meanwhile.
+        let before = self.size;
+        match unsafe { self.exact(obj.py(), obj.as_ptr(), depth) } {
+            Some(r) => r,
+            None => {
+                self.size = before; // `any` walks this value again from the start
+                self.any(obj, depth)
             }
-            check_value(&v, depth + 1, max_depth)?;
         }
-        return Ok(());
     }
-    if let Ok(l) = obj.cast::<PyList>() {
-        if depth > max_depth {
-            return Err(too_deep(max_depth));
+
+    /// The walk for the exact built-in types (nearly every payload), by type
+    /// pointer and borrowed references: no `isinstance` chain, no reference
+    /// counting. `None` for anything else (subclasses, other types, an int
+    /// past 64 bits), which [`any`](Self::any) then handles.
+    unsafe fn exact(
+        &mut self,
+        py: Python<'_>,
+        obj: *mut ffi::PyObject,
+        depth: usize,
+    ) -> Option<Result<(), BridgeError>> {
+        use std::ptr::addr_of_mut;
+        // SAFETY (whole body): see `value`; the type objects are CPython's statics.
+        unsafe {
+            let tp = ffi::Py_TYPE(obj);
+            if tp == addr_of_mut!(ffi::PyUnicode_Type) {
+                return Some(self.str_len(py, obj).map(|n| self.size += 2 + n));
+            }
+            if obj == ffi::Py_None() {
+                self.size += 4;
+                return Some(Ok(()));
+            }
+            if tp == addr_of_mut!(ffi::PyBool_Type) {
+                self.size += 5;
+                return Some(Ok(()));
+            }
+            if tp == addr_of_mut!(ffi::PyLong_Type) {
+                let mut overflow: std::os::raw::c_int = 0;
+                let v = ffi::PyLong_AsLongLongAndOverflow(obj, &mut overflow);
+                if overflow != 0 || (v == -1 && !ffi::PyErr_Occurred().is_null()) {
+                    ffi::PyErr_Clear();
+                    return None; // past i64: the converter decides (u64, or the error)
+                }
+                self.size += 8;
+                return Some(Ok(()));
+            }
+            if tp == addr_of_mut!(ffi::PyFloat_Type) {
+                if !ffi::PyFloat_AsDouble(obj).is_finite() {
+                    return None; // the converter's error
+                }
+                self.size += 8;
+                return Some(Ok(()));
+            }
+            if tp == addr_of_mut!(ffi::PyDict_Type) {
+                if depth > self.max_depth {
+                    return Some(Err(too_deep(self.max_depth)));
+                }
+                self.size += 2;
+                let mut pos: ffi::Py_ssize_t = 0;
+                let mut k: *mut ffi::PyObject = std::ptr::null_mut();
+                let mut v: *mut ffi::PyObject = std::ptr::null_mut();
+                while ffi::PyDict_Next(obj, &mut pos, &mut k, &mut v) != 0 {
+                    if ffi::Py_TYPE(k) != addr_of_mut!(ffi::PyUnicode_Type) {
+                        return None; // a str subclass or a bad key: the slow walk says which
+                    }
+                    match self.str_len(py, k) {
+                        Ok(n) => self.size += 4 + n,
+                        Err(_) => {
+                            return Some(Err(BridgeError::invalid("payload has a dict key that is not valid UTF-8")));
+                        }
+                    }
+                    if let Err(e) = self.value(&Bound::from_borrowed_ptr(py, v), depth + 1) {
+                        return Some(Err(e));
+                    }
+                }
+                return Some(Ok(()));
+            }
+            let list = tp == addr_of_mut!(ffi::PyList_Type);
+            if list || tp == addr_of_mut!(ffi::PyTuple_Type) {
+                if depth > self.max_depth {
+                    return Some(Err(too_deep(self.max_depth)));
+                }
+                let n = if list { ffi::PyList_Size(obj) } else { ffi::PyTuple_Size(obj) };
+                self.size += 2 + n.max(0) as usize;
+                for i in 0..n {
+                    let item = if list { ffi::PyList_GetItem(obj, i) } else { ffi::PyTuple_GetItem(obj, i) };
+                    if item.is_null() {
+                        ffi::PyErr_Clear();
+                        return None;
+                    }
+                    if let Err(e) = self.value(&Bound::from_borrowed_ptr(py, item), depth + 1) {
+                        return Some(Err(e));
+                    }
+                }
+                return Some(Ok(()));
+            }
+            None
         }
-        return l.iter().try_for_each(|v| check_value(&v, depth + 1, max_depth));
     }
-    if let Ok(t) = obj.cast::<PyTuple>() {
-        if depth > max_depth {
-            return Err(too_deep(max_depth));
+
+    /// A str's UTF-8 length; lone surrogates are an error.
+    unsafe fn str_len(&self, py: Python<'_>, s: *mut ffi::PyObject) -> Result<usize, BridgeError> {
+        // SAFETY: `s` is a live exact str (checked by the caller).
+        let s = unsafe { Bound::from_borrowed_ptr(py, s) };
+        let s = s.cast::<PyString>().map_err(|_| BridgeError::internal("str_len on a non-str"))?;
+        utf8_len(s).map_err(|_| {
+            BridgeError::invalid("payload contains a str that is not valid UTF-8 (lone surrogates); encode it first")
+        })
+    }
+
+    /// The walk for every other object: subclasses of the JSON types, and
+    /// the errors naming what is wrong.
+    fn any(&mut self, obj: &Bound<'_, PyAny>, depth: usize) -> Result<(), BridgeError> {
+        if let Ok(s) = obj.cast::<PyString>() {
+            self.size += 2 + utf8_len(s).map_err(|_| {
+                BridgeError::invalid(
+                    "payload contains a str that is not valid UTF-8 (lone surrogates); encode it first",
+                )
+            })?;
+            return Ok(());
         }
-        return t.iter().try_for_each(|v| check_value(&v, depth + 1, max_depth));
+        if obj.is_none() {
+            self.size += 4;
+            return Ok(());
+        }
+        // bool before int: bool is an int subclass.
+        if obj.is_instance_of::<PyBool>() {
+            self.size += 5;
+            return Ok(());
+        }
+        if obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>() {
+            // Range and NaN checks are the converter's; reuse it for scalars.
+            py_to_value(obj, depth, self.max_depth)?;
+            self.size += 8;
+            return Ok(());
+        }
+        if let Ok(d) = obj.cast::<PyDict>() {
+            if depth > self.max_depth {
+                return Err(too_deep(self.max_depth));
+            }
+            self.size += 2;
+            for (k, v) in d.iter() {
+                let Ok(key) = k.cast::<PyString>() else {
+                    // The converter names the key's type.
+                    return py_to_value(obj, depth, self.max_depth).map(drop);
+                };
+                self.size += 4 + utf8_len(key)
+                    .map_err(|_| BridgeError::invalid("payload has a dict key that is not valid UTF-8"))?;
+                self.value(&v, depth + 1)?;
+            }
+            return Ok(());
+        }
+        if let Ok(l) = obj.cast::<PyList>() {
+            if depth > self.max_depth {
+                return Err(too_deep(self.max_depth));
+            }
+            self.size += 2 + l.len();
+            return l.iter().try_for_each(|v| self.value(&v, depth + 1));
+        }
+        if let Ok(t) = obj.cast::<PyTuple>() {
+            if depth > self.max_depth {
+                return Err(too_deep(self.max_depth));
+            }
+            self.size += 2 + t.len();
+            return t.iter().try_for_each(|v| self.value(&v, depth + 1));
+        }
+        Err(not_json(obj))
     }
-    Err(not_json(obj))
 }
 
 /// JSON → Python (objects keep their key order).

@@ -22,10 +22,13 @@
 //!    (`admit` + `deliver`, or `publish`, `initialize`, ...) is polled once
 //!    on the caller's thread with the GIL released and the runtime entered,
 //!    and usually finishes there.
-//! 4. **`route` returns an `asyncio.Future`**, already completed when the
-//!    answer came inline (errors too), so `await` returns at once and
-//!    `asyncio.gather` uses it as it is instead of wrapping a coroutine in a
-//!    task (the package's `_Reply`, also a `Coroutine` for `create_task`).
+//! 4. **`route` returns a future**: when the answer came inline (errors
+//!    too), a native finished one (`done::Done`), so `await` returns at once
+//!    with no `StopIteration` and `asyncio.gather` uses it as it is instead
+//!    of wrapping a coroutine in a task; otherwise the package's `_Reply`
+//!    (an `asyncio.Future`). Both are also `Coroutine`s for `create_task`.
+//!    A payload bound for a Python handler on this loop is validated in place
+//!    (`BridgeManager::begin_with`) and never converted.
 //! 5. **What must wait goes to tokio and comes back in batches.** A pending
 //!    future is spawned on the process's runtime; its result is pushed to the
 //!    caller loop's `Completer` (a queue plus a socket pair registered with
@@ -45,6 +48,7 @@ mod capi;
 mod cli;
 mod completer;
 mod convert;
+mod done;
 mod errors;
 mod handler;
 mod message;
@@ -59,6 +63,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::PyBridge>()?;
     m.add_class::<bridge::Direct>()?;
     m.add_class::<completer::Completer>()?;
+    m.add_class::<done::Done>()?;
+    done::install_am_send(m.py())?;
     m.add_class::<completer::Abort>()?;
     m.add_class::<handler::Resolver>()?;
     m.add_class::<message::PyMessage>()?;

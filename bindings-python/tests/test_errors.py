@@ -154,3 +154,41 @@ async def test_rust_panic_becomes_internal_error(bridge: BridgeManager) -> None:
     bridge._n._register_rust_echo("rust.echo")
     assert await bridge.route("rust.echo", {"after": "panic"}) == {"after": "panic"}
     assert bridge.running
+
+
+async def test_payload_limits_hold_for_python_and_rust_targets_alike() -> None:
+    """A payload for a Python handler on this loop is checked in place, one for the
+    engine is converted: both meet the same limits, counted the same way."""
+    import collections
+
+    cfg = {"limits": {"max_payload_bytes": 64, "max_json_depth": 3}}
+    async with BridgeManager(cfg) as b:
+        b.register_route("py.echo", lambda m: m.payload)
+        b._n._register_rust_echo("rust.echo")
+        for dest in ("py.echo", "rust.echo"):
+            # the engine's estimate: {"k": "x"*40} is 2 + (1 + 4) + (40 + 2) = 49 bytes
+            assert await b.route(dest, {"k": "x" * 40}) == {"k": "x" * 40}
+            with pytest.raises(db.InvalidMessageError, match="limits.max_payload_bytes"):
+                await b.route(dest, {"k": "x" * 60})
+            with pytest.raises(db.InvalidMessageError, match="max_json_depth"):
+                await b.route(dest, [[[[1]]]])
+            assert await b.route(dest, [[[1]]]) == [[[1]]]
+            with pytest.raises(db.InvalidMessageError, match="64-bit"):
+                await b.route(dest, [2**70])
+            assert await b.route(dest, [2**63]) == [2**63]  # u64 is fine
+            with pytest.raises(db.InvalidMessageError, match="NaN"):
+                await b.route(dest, {"f": float("inf")})
+            with pytest.raises(db.InvalidMessageError, match="dict key of type"):
+                await b.route(dest, {"a": 1, 2: 3})
+            with pytest.raises(db.InvalidMessageError, match='type "object"'):
+                await b.route(dest, (1, object()))
+            with pytest.raises(db.InvalidMessageError, match="UTF-8"):
+                await b.route(dest, {"\udc80": 1})
+            # subclasses of the JSON types are JSON-shaped too
+            od = collections.OrderedDict(a=True, b=None)
+            assert await b.route(dest, od) == od
+            assert await b.route(dest, b"\x00" * 64) == b"\x00" * 64
+            with pytest.raises(db.InvalidMessageError):
+                await b.route(dest, b"\x00" * 65)
+        snap = b.metrics()
+        assert snap["routes"]["py.echo"]["errors"] == snap["routes"]["rust.echo"]["errors"]

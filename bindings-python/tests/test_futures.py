@@ -1,8 +1,9 @@
-"""What route() returns: an asyncio Future that is also a coroutine.
+"""What route() returns: a future (for asyncio) that is also a coroutine.
 
 It starts the call at once; a reply that came without waiting is already in
-it; errors are raised where it is awaited; asyncio's helpers (gather,
-create_task, wait_for, run) all take it; cancelling it cancels the call.
+it (a native done future); errors are raised where it is awaited; asyncio's
+helpers (gather, create_task, wait_for, shield, run, run_until_complete) all
+take it; cancelling a pending one cancels the call.
 """
 
 from __future__ import annotations
@@ -29,12 +30,27 @@ async def test_answer_without_waiting_is_a_done_future(bridge: BridgeManager) ->
     bridge._n._register_rust_echo("rust.echo")
     for dest, want in (("agents.sync", {"got": 1}), ("agents.async", 1), ("rust.echo", 1)):
         f = bridge.route(dest, 1)
-        assert isinstance(f, asyncio.Future) and f.done(), dest
+        assert asyncio.isfuture(f) and asyncio.iscoroutine(f) and f.done(), dest
+        assert not f.cancelled() and f.exception() is None and f.result() == want
         assert await f == want
+        assert await f == want  # like a done future, it can be awaited again
+        assert f.get_loop() is asyncio.get_running_loop()
+        assert not f.cancel() and not f.cancelled()
     # every helper takes it
     assert await asyncio.gather(*[bridge.route("agents.async", i) for i in range(5)]) == list(range(5))
     assert await asyncio.create_task(bridge.route("rust.echo", "t")) == "t"
     assert await asyncio.wait_for(bridge.route("agents.sync", 2), 5) == {"got": 2}
+    assert await asyncio.shield(bridge.route("rust.echo", "s")) == "s"
+    # a tuple reply is the value, not StopIteration's arguments
+    assert await bridge.route("agents.sync", (1, 2)) == {"got": (1, 2)}
+    assert await asyncio.create_task(bridge.route("agents.async", (3,))) == (3,)
+    # done callbacks run soon, with the future, as asyncio's do
+    seen: List[Any] = []
+    f = bridge.route("rust.echo", "cb")
+    f.add_done_callback(lambda d: seen.append(d.result()))
+    assert seen == [] and f.remove_done_callback(print) == 0
+    await asyncio.sleep(0)
+    assert seen == ["cb"]
     # asyncio.wait() refuses coroutines, as it did when route() was a coroutine function
     done, _ = await asyncio.wait([asyncio.create_task(bridge.route("agents.async", 3))])
     assert [d.result() for d in done] == [3]
@@ -53,6 +69,12 @@ async def test_errors_are_raised_at_await(bridge: BridgeManager) -> None:
     assert isinstance(e.value.__cause__, ValueError)
     with pytest.raises(db.RouteNotFoundError):
         await g
+    assert isinstance(g.exception(), db.RouteNotFoundError)
+    with pytest.raises(db.RouteNotFoundError):
+        g.result()
+    with pytest.raises(db.RouteNotFoundError):
+        await asyncio.gather(bridge.route("no.such.route", 1))
+    assert [type(e) for e in await asyncio.gather(g, return_exceptions=True)] == [db.RouteNotFoundError]
     with pytest.raises(db.HandlerError):
         await asyncio.create_task(bridge.route("agents.boom", 1))
     # text that is not valid UTF-8 (a lone surrogate), as a value or a key
@@ -134,6 +156,18 @@ def test_outside_a_running_loop_route_returns_a_coroutine() -> None:
     asyncio.run(b.initialize())
     b._n._register_rust_echo("rust.echo")
     assert asyncio.run(b.route("rust.echo", {"x": 1})) == {"x": 1}
+
+    # a done reply made inside a loop, handed to run_until_complete
+    loop = asyncio.new_event_loop()
+    try:
+
+        async def start() -> Any:
+            return b.route("rust.echo", 5)
+
+        done = loop.run_until_complete(start())
+        assert loop.run_until_complete(done) == 5
+    finally:
+        loop.close()
 
     # and from a thread without a loop, into a loop running elsewhere
     loop = asyncio.new_event_loop()

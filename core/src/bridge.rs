@@ -534,14 +534,44 @@ impl BridgeManager {
     /// Stages 1–4 (validate, authenticate, authorize, resolve), on the
     /// caller's thread and without waiting. The returned [`Call`] then needs
     /// [`Call::admit`] (or [`Call::try_admit`]) and [`Call::deliver`].
-    pub fn begin(&self, action: Action, mut msg: Message, opts: &CallOptions) -> Result<Call> {
+    pub fn begin(&self, action: Action, msg: Message, opts: &CallOptions) -> Result<Call> {
+        self.begin_checked(action, msg, opts, |msg, limits| message::validate_payload(&msg.payload, limits))
+    }
+
+    /// [`begin`](Self::begin) for a binding that holds the payload in its
+    /// own representation (e.g. a Python object) and converts it only if the
+    /// target needs the engine's: `check_payload` validates that
+    /// representation against the engine's [`Limits`] in place of
+    /// `msg.payload` (size counted as [`message::validate_payload`] does),
+    /// and a refusal is accounted like any other. `msg.payload` may be left
+    /// empty; a binding that then delivers through the engine installs the
+    /// converted payload with [`Call::set_payload`] first.
+    pub fn begin_with(
+        &self,
+        action: Action,
+        msg: Message,
+        opts: &CallOptions,
+        check_payload: impl FnOnce(&Limits) -> Result<()>,
+    ) -> Result<Call> {
+        self.begin_checked(action, msg, opts, |_, limits| check_payload(limits))
+    }
+
+    fn begin_checked(
+        &self,
+        action: Action,
+        mut msg: Message,
+        opts: &CallOptions,
+        check_payload: impl FnOnce(&Message, &Limits) -> Result<()>,
+    ) -> Result<Call> {
         let inner = &self.inner;
         let mut acct = Accounting::start(inner.clone());
         if inner.state.load(Ordering::Acquire) != RUNNING {
             return Err(acct.reject(BridgeError::shutdown()));
         }
         // 1. validate
-        if let Err(e) = message::validate(&msg, &inner.limits) {
+        if let Err(e) =
+            message::validate_envelope(&msg, &inner.limits).and_then(|()| check_payload(&msg, &inner.limits))
+        {
             return Err(acct.reject(e));
         }
         // 2. authenticate, 3. authorize
@@ -784,6 +814,18 @@ impl Call {
     /// The message (with `source` and `deadline` set).
     pub fn message(&self) -> &Message {
         &self.msg
+    }
+
+    /// Install the payload of a call begun with [`BridgeManager::begin_with`]
+    /// (the binding's object converted), before [`admit`](Self::admit) and
+    /// [`deliver`](Self::deliver). It is validated again (cheap next to the
+    /// conversion); a refusal ends the call as `INVALID_MESSAGE`.
+    pub fn set_payload(&mut self, payload: Payload) -> Result<()> {
+        if let Err(e) = message::validate_payload(&payload, &self.acct.inner.limits) {
+            return Err(self.acct.reject(e));
+        }
+        self.msg.payload = payload;
+        Ok(())
     }
 
     /// The authenticated principal, if security is on.

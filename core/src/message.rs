@@ -197,6 +197,12 @@ impl Default for Limits {
 /// Check a message against the limits: destination grammar, payload size and
 /// depth, header names and values. Errors are `INVALID_MESSAGE`.
 pub fn validate(msg: &Message, limits: &Limits) -> Result<()> {
+    validate_envelope(msg, limits)?;
+    validate_payload(&msg.payload, limits)
+}
+
+/// [`validate`] without the payload: destination and headers.
+pub fn validate_envelope(msg: &Message, limits: &Limits) -> Result<()> {
     if msg.destination.len() > limits.max_subject_bytes {
         return Err(BridgeError::invalid(format!(
             "destination is {} bytes long; the limit is {} (limits.max_subject_bytes)",
@@ -205,8 +211,7 @@ pub fn validate(msg: &Message, limits: &Limits) -> Result<()> {
         )));
     }
     subject::validate_subject(&msg.destination)?;
-    validate_headers(&msg.headers, limits)?;
-    validate_payload(&msg.payload, limits)
+    validate_headers(&msg.headers, limits)
 }
 
 /// Header names are HTTP tokens; values have no CR, LF or NUL (they would

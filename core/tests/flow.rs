@@ -150,6 +150,42 @@ async fn handlers_that_never_wait_answer_on_the_callers_thread() {
 }
 
 #[tokio::test]
+async fn a_binding_can_validate_its_own_payload_and_install_it_later() {
+    let b = running("limits:\n  max_json_depth: 2\n").await;
+    b.register_route("sync.echo", sync_handler_fn(|m: Message| Ok(m.payload))).unwrap();
+    let opts = CallOptions::default();
+    let empty = || Message::new("sync.echo", Payload::default());
+
+    // The binding's check sees the engine's limits and its refusal is accounted.
+    let e = b
+        .begin_with(Action::Route, empty(), &opts, |limits| {
+            assert_eq!(limits.max_json_depth, 2);
+            Err(BridgeError::invalid("too deep for the binding"))
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidMessage);
+    // The envelope is still the engine's to check.
+    let bad = Message::new("sync..echo", Payload::default());
+    assert_eq!(code(b.begin_with(Action::Route, bad, &opts, |_| Ok(()))), ErrorCode::InvalidMessage);
+
+    // Accepted: the converted payload goes in before delivery.
+    let mut call = b.begin_with(Action::Route, empty(), &opts, |_| Ok(())).unwrap();
+    call.set_payload(Payload::Json(json!({"n": [1]}))).unwrap();
+    call.try_admit().unwrap();
+    let AnswerNow::Answered(reply) = call.deliver_now() else { panic!("a sync handler answers at once") };
+    assert_eq!(reply.unwrap(), Payload::Json(json!({"n": [1]})));
+    // set_payload still enforces the limits.
+    let mut call = b.begin_with(Action::Route, empty(), &opts, |_| Ok(())).unwrap();
+    assert_eq!(code(call.set_payload(Payload::Json(json!([[[1]]])))), ErrorCode::InvalidMessage);
+    drop(call);
+
+    let snap = b.metrics();
+    assert_eq!(snap.totals.errors["INVALID_MESSAGE"], 3);
+    assert_eq!((snap.totals.ok, snap.totals.rejected, snap.totals.cancelled), (1, 3, 0));
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn slow_handler_times_out() {
     let b = running("").await;
     b.register_route(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import collections.abc
 import inspect
 import os
 import threading
@@ -163,11 +164,13 @@ if hasattr(os, "register_at_fork"):
 
 
 # ---------------------------------------------------------------------------
-# What route() returns. An asyncio Future: asyncio.gather, wait and
-# ensure_future take it as it is (a coroutine would cost a Task each), and
-# awaiting one that is already done returns at once. It is also a Coroutine,
-# so create_task() and asyncio.run() accept it too (the task then just waits
-# for it). Cancelling a pending one drops the engine's work.
+# What route() returns. When the answer is already there (the usual case), a
+# native `Done`: a finished future as far as asyncio's duck typing goes
+# (asyncio.isfuture), so gather, ensure_future and wait_for take it as it is
+# (a coroutine would cost a Task each), and awaiting it returns at once.
+# Otherwise an asyncio Future (`_Reply`), completed later. Both are also
+# Coroutines, so create_task() and asyncio.run() accept them too (the task
+# then just waits). Cancelling a pending one drops the engine's work.
 
 
 class _Awaitable(Coroutine[Any, Any, Any]):
@@ -212,6 +215,8 @@ class _ReplyTask(asyncio.Task, _Awaitable):  # type: ignore[type-arg]
 
 
 _native._register_future_types(_Reply, types.CoroutineType, inspect.isawaitable)
+_Done = _native.Done
+collections.abc.Coroutine.register(_Done)
 
 
 async def _wait(r: Any) -> Any:
@@ -398,9 +403,10 @@ class BridgeManager:
         """Send a request; await the result for the reply. Cancelling the awaiting task cancels the call.
 
         Inside a running loop the call starts at once and what comes back is
-        an ``asyncio.Future`` (also usable as a coroutine, e.g. with
-        ``asyncio.create_task``); it is already done when the reply came
-        without waiting, e.g. from a handler on this loop or a Rust handler.
+        a future (``asyncio.isfuture``; also usable as a coroutine, e.g. with
+        ``asyncio.create_task``): a native finished one when the reply came
+        without waiting, e.g. from a handler on this loop or a Rust handler,
+        else an ``asyncio.Future``.
         Outside a running loop it returns a coroutine that makes the call
         when it runs.
         """

@@ -20,19 +20,36 @@ pub fn validate_subject(subject: &str) -> Result<()> {
             "destination is empty: use dot-separated tokens like `services.weather.current`",
         ));
     }
-    for token in subject.split('.') {
-        if token.is_empty() {
-            return Err(BridgeError::invalid(format!(
-                "destination {subject:?} has an empty token: tokens are separated by single dots"
-            )));
-        }
-        if !token.bytes().all(is_token_byte) {
-            return Err(BridgeError::invalid(format!(
-                "destination {subject:?}: token {token:?} may only use letters, digits, `_` and `-` (wildcards are for patterns)"
-            )));
+    // One pass over the bytes (this runs for every message); the messages
+    // below are built only on failure.
+    let mut token_len = 0usize;
+    for &b in subject.as_bytes() {
+        if b == b'.' {
+            if token_len == 0 {
+                return Err(empty_token(subject));
+            }
+            token_len = 0;
+        } else if is_token_byte(b) {
+            token_len += 1;
+        } else {
+            return Err(bad_token(subject));
         }
     }
+    if token_len == 0 {
+        return Err(empty_token(subject));
+    }
     Ok(())
+}
+
+fn empty_token(subject: &str) -> BridgeError {
+    BridgeError::invalid(format!("destination {subject:?} has an empty token: tokens are separated by single dots"))
+}
+
+fn bad_token(subject: &str) -> BridgeError {
+    let token = subject.split('.').find(|t| !t.bytes().all(is_token_byte)).unwrap_or(subject);
+    BridgeError::invalid(format!(
+        "destination {subject:?}: token {token:?} may only use letters, digits, `_` and `-` (wildcards are for patterns)"
+    ))
 }
 
 /// Check a pattern: tokens, `*` for one token, `>` only as the last token.

@@ -21,7 +21,9 @@ pub struct RouteTable<T> {
 
 #[derive(Debug)]
 struct Node<T> {
-    literals: HashMap<Box<str>, Node<T>>,
+    /// foldhash rather than SipHash: one lookup per token of every routed
+    /// subject; the keys are the configured patterns' tokens.
+    literals: HashMap<Box<str>, Node<T>, foldhash::fast::RandomState>,
     star: Option<Box<Node<T>>>,
     /// The value of the pattern that ends in `>` here.
     tail: Option<T>,
@@ -31,7 +33,7 @@ struct Node<T> {
 
 impl<T> Default for Node<T> {
     fn default() -> Self {
-        Node { literals: HashMap::new(), star: None, tail: None, value: None }
+        Node { literals: HashMap::default(), star: None, tail: None, value: None }
     }
 }
 
