@@ -113,6 +113,11 @@ impl Drop for Served {
 }
 
 fn spawn_serve(config: &std::path::Path) -> Served {
+    spawn_serve_as(config, "http")
+}
+
+/// `serve` on `config`, expecting it to listen with `scheme` on 127.0.0.1.
+fn spawn_serve_as(config: &std::path::Path, scheme: &str) -> Served {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
@@ -124,7 +129,7 @@ fn spawn_serve(config: &std::path::Path) -> Served {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let url = line.trim().rsplit(' ').next().unwrap().to_string();
-    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    assert!(url.starts_with(&format!("{scheme}://127.0.0.1:")), "{line}");
     Served { child, url }
 }
 
@@ -294,19 +299,7 @@ fn route_command_over_tls_trusts_a_ca_file() {
             "bridge:\n  host: 127.0.0.1\n  port: 0\n  tls: {{cert: {certs}/localhost.cert.pem, key: {certs}/localhost.key.pem}}\n"
         ),
     );
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--echo", "cli.echo"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.trim().rsplit(' ').next().unwrap().to_string();
-    let served = Served { child, url };
-    assert!(served.url.starts_with("https://127.0.0.1:"), "{line}");
+    let served = spawn_serve_as(&config, "https");
     let route = |extra: &[&str]| {
         Command::new(BIN)
             .args(["route", "cli.echo", "\"over tls\"", "--url", &served.url])
