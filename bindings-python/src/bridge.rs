@@ -386,12 +386,9 @@ impl PyBridge {
         self.check(py)?;
         guard(py, || {
             let c = completer.get();
-            {
-                let mut home = self.home.lock();
-                if home.is_none() {
-                    *home = Some(c.get_loop(py)?);
-                }
-            }
+            // No Python call while the lock is held (it could release the GIL).
+            let event_loop = c.get_loop(py)?;
+            self.home.lock().get_or_insert(event_loop);
             let b = self.bridge.clone();
             run_or_spawn(py, c, async move { b.initialize().await }, conv_none)?.value()
         })

@@ -144,7 +144,12 @@ impl Drop for CancelOnDrop {
             return;
         }
         Python::attach(|py| {
-            if let Some(task) = shared.task.lock().take() {
+            // Take the task out before calling Python: `call_soon_threadsafe`
+            // releases the GIL while it writes the loop's wake-up byte, and
+            // the loop thread's `task_done` (holding the GIL) takes this same
+            // lock, so holding it across the call deadlocks the two threads.
+            let task = shared.task.lock().take();
+            if let Some(task) = task {
                 let cancel = task.bind(py).getattr(pyo3::intern!(py, "cancel"));
                 if let Ok(cancel) = cancel {
                     let _ =
@@ -177,12 +182,13 @@ impl Resolver {
 
     /// The handler is a coroutine running as `task`.
     fn set_task(&self, task: Py<PyAny>) {
-        *self.shared.task.lock() = Some(task);
+        // The previous value (if any) is dropped after the lock is released.
+        let _previous = self.shared.task.lock().replace(task);
     }
 
     /// `task.add_done_callback` target.
     fn task_done(&self, py: Python<'_>, task: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.shared.task.lock().take();
+        let _finished = self.shared.task.lock().take();
         if task.call_method0(pyo3::intern!(py, "cancelled"))?.is_truthy()? {
             self.shared.send(Err(BridgeError::handler("the handler's task was cancelled")));
             return Ok(());

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import hashlib
+import sys
 from typing import Any, AsyncIterator, Dict, Optional
 
 import pytest
@@ -11,6 +13,19 @@ import pytest
 from dreamos_bridge import BridgeManager
 
 API_KEY = "dk_test_planner_0123456789"
+
+# A deadlock in the binding would hold the GIL, and then nothing in Python
+# (not even asyncio timeouts) runs again: CI would hang until its own limit.
+# faulthandler's watchdog is a C thread that needs no GIL; it prints every
+# thread's stack and ends the run, so a hang becomes a failure with a trace.
+TEST_WATCHDOG_SECONDS = 240
+
+
+@pytest.fixture(autouse=True)
+def _watchdog() -> Any:
+    faulthandler.dump_traceback_later(TEST_WATCHDOG_SECONDS, exit=True, file=sys.stderr)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 ADMIN_KEY = "dk_test_admin_0123456789"
 
 

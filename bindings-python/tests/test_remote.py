@@ -225,6 +225,34 @@ async def test_a_python_handler_served_remotely_answers_another_agent(server: Se
     await service.close()
 
 
+async def test_handler_cancellation_racing_its_completion_keeps_the_bridge_working(server: Server) -> None:
+    """Remote handlers that finish right around the caller's deadline: the
+    engine cancels the Python task from a tokio thread while the loop thread
+    reports it done. Those two paths once deadlocked (a lock held across a
+    GIL release); this drives many of them at once."""
+    service = await BridgeManager.connect(server.url, {"api_key": SERVICE})
+
+    async def around_the_deadline(msg: Message) -> Any:
+        await asyncio.sleep(msg.payload / 1000)
+        return msg.payload
+
+    await service.register_route("ext.race.>", around_the_deadline)
+    await service.wait_routes()
+    agent = await BridgeManager.connect(server.url, {"api_key": AGENT})
+    # 24 at once: within the client's default connection limit (32), so the
+    # calls reach the handler instead of queueing for a connection.
+    delays = [40 + i for i in range(24)]
+    for _ in range(12):
+        outcomes = await asyncio.gather(
+            *(agent.route("ext.race.x", ms, timeout=0.05) for ms in delays), return_exceptions=True
+        )
+        for ms, r in zip(delays, outcomes):
+            assert r == ms or isinstance(r, db.BridgeTimeoutError), r
+    assert await agent.route("ext.race.x", 0) == 0
+    await agent.close()
+    await service.close()
+
+
 AGENT_SCRIPT = """
 import asyncio, sys
 import dreamos_bridge as db

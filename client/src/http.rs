@@ -7,7 +7,7 @@
 //! restarted with a new signing key) triggers one exchange and one retry. A rejected-at-authentication call never ran, so the retry
 //! cannot deliver a message twice.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dreamos_bridge::{BridgeError, CallOptions, Credentials, ErrorCode, Message, Payload, Result, Token};
 use parking_lot::RwLock;
@@ -52,6 +52,9 @@ pub(crate) struct Api {
     held: RwLock<Option<Held>>,
     renewing: tokio::sync::Mutex<()>,
     request_timeout: Duration,
+    /// One permit per request in flight (`ClientOptions::max_connections`).
+    slots: tokio::sync::Semaphore,
+    max_connections: usize,
 }
 
 impl Api {
@@ -76,6 +79,9 @@ impl Api {
                 .map_err(|e| BridgeError::config("ca_file", format!("a certificate is not usable ({e})")))?;
             builder = builder.add_root_certificate(cert);
         }
+        if opts.max_connections == 0 {
+            return Err(BridgeError::config("max_connections", "must be at least 1"));
+        }
         let http = builder
             .connect_timeout(opts.connect_timeout)
             .pool_max_idle_per_host(opts.pool_max_idle_per_host)
@@ -92,6 +98,8 @@ impl Api {
             held: RwLock::new(None),
             renewing: tokio::sync::Mutex::new(()),
             request_timeout: opts.request_timeout,
+            slots: tokio::sync::Semaphore::new(opts.max_connections),
+            max_connections: opts.max_connections,
         })
     }
 
@@ -157,11 +165,13 @@ impl Api {
         e.code() == ErrorCode::Unauthenticated && opts.token.is_none() && self.credentials.is_some() && sent.is_some()
     }
 
-    /// An authenticated call; one renewal and retry if the session token expired meanwhile.
-    async fn call(&self, path: &str, body: &Value, opts: &CallOptions) -> Result<Value> {
-        let wait = opts.timeout.map(|t| t + DEADLINE_SLACK);
+    /// An authenticated message call; one renewal and retry if the session
+    /// token expired meanwhile. The call's timeout covers the wait for a free
+    /// connection too: the server gets what is left of it.
+    async fn call(&self, path: &str, msg: &Message, opts: &CallOptions) -> Result<Value> {
+        let deadline = opts.timeout.map(|t| Instant::now() + t);
         let token = self.bearer(opts).await?;
-        match self.send(Method::POST, path, token.as_deref(), Some(body), wait).await {
+        match self.post_message(path, msg, token.as_deref(), deadline).await {
             Err(e) if self.renewable(&e, opts, token.as_deref()) => {
                 {
                     let _one_at_a_time = self.renewing.lock().await;
@@ -171,15 +181,44 @@ impl Api {
                     }
                 }
                 let token = self.bearer(opts).await?;
-                self.send(Method::POST, path, token.as_deref(), Some(body), wait).await
+                self.post_message(path, msg, token.as_deref(), deadline).await
             }
             r => r,
         }
     }
 
+    async fn post_message(
+        &self,
+        path: &str,
+        msg: &Message,
+        token: Option<&str>,
+        deadline: Option<Instant>,
+    ) -> Result<Value> {
+        let _slot = self.slot(deadline).await?;
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let body = wire::message_body(msg, left);
+        self.request(Method::POST, path, token, Some(&body), left.map(|t| t + DEADLINE_SLACK)).await
+    }
+
+    /// A free connection slot, waiting at most until `deadline` (default:
+    /// the request timeout).
+    async fn slot(&self, deadline: Option<Instant>) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.request_timeout);
+        match tokio::time::timeout_at(deadline.into(), self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // The semaphore is never closed.
+            Ok(Err(_)) => Err(BridgeError::internal("the connection slots of the remote client were closed")),
+            Err(_) => Err(BridgeError::timeout(format!(
+                "no free connection to {} within the deadline: all {} (max_connections) were busy; \
+                 raise the timeout or ClientOptions::max_connections",
+                self.base, self.max_connections
+            ))),
+        }
+    }
+
     /// `POST /v1/route`.
     pub(crate) async fn route(&self, msg: &Message, opts: &CallOptions) -> Result<Payload> {
-        let v = self.call("/v1/route", &wire::message_body(msg, opts.timeout), opts).await?;
+        let v = self.call("/v1/route", msg, opts).await?;
         match v {
             Value::Object(mut m) => {
                 Ok(wire::payload_from_json(m.remove("payload").ok_or_else(|| bad_answer("/v1/route", "payload"))?))
@@ -190,7 +229,7 @@ impl Api {
 
     /// `POST /v1/publish`.
     pub(crate) async fn publish(&self, msg: &Message, opts: &CallOptions) -> Result<uuid::Uuid> {
-        let v = self.call("/v1/publish", &wire::message_body(msg, opts.timeout), opts).await?;
+        let v = self.call("/v1/publish", msg, opts).await?;
         v.get("id")
             .and_then(Value::as_str)
             .and_then(|s| uuid::Uuid::parse_str(s).ok())
@@ -208,8 +247,22 @@ impl Api {
         self.send(Method::GET, "/health", None, None, None).await
     }
 
-    /// One request; a JSON answer, or the server's error as the engine error.
+    /// One request in a connection slot; a JSON answer, or the server's
+    /// error as the engine error.
     async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        wait: Option<Duration>,
+    ) -> Result<Value> {
+        let _slot = self.slot(wait.map(|w| Instant::now() + w)).await?;
+        self.request(method, path, token, body, wait).await
+    }
+
+    /// One request (the caller holds a slot).
+    async fn request(
         &self,
         method: Method,
         path: &str,

@@ -58,6 +58,11 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Idle pooled HTTP connections kept per server (default 32).
     pub pool_max_idle_per_host: usize,
+    /// HTTP requests in flight to the server at once, so connections at once
+    /// (default 32). Further calls wait for a free one within their own
+    /// deadline. Keep the sum over all clients of one server below its
+    /// `bridge.max_connections` (default 100), which refuses the excess.
+    pub max_connections: usize,
     /// First wait before reconnecting the WebSocket session (default 100 ms);
     /// doubled after each failure up to `reconnect_max` (default 5 s).
     pub reconnect_min: Duration,
@@ -78,6 +83,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             pool_max_idle_per_host: 32,
+            max_connections: 32,
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
             heartbeat_max: Duration::from_secs(15),

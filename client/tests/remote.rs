@@ -396,3 +396,42 @@ async fn over_tls_an_untrusted_certificate_or_a_bad_ca_file_is_refused_clearly()
     assert_eq!(e.code(), ErrorCode::Config, "{e}");
     s.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn calls_beyond_max_connections_wait_for_a_free_connection_within_their_deadline() {
+    let s = TestServer::start(&config(), handlers).await;
+    let opts = ClientOptions { max_connections: 2, ..ClientOptions::default() };
+    let r = RemoteBridge::connect(&s.url, &Credentials::ApiKey(AGENT.into()), opts).await.unwrap();
+    // Many more calls than connections: each one waits its turn and is answered.
+    let calls = (0..60).map(|i| {
+        let r = r.clone();
+        async move { r.route(msg("agents.echo", json!(i)), CallOptions::default()).await }
+    });
+    let replies = futures_util::future::join_all(calls).await;
+    for (i, reply) in replies.into_iter().enumerate() {
+        assert_eq!(reply.unwrap(), Payload::from(json!(i)));
+    }
+    // Both connections busy (slow calls): a call with a short deadline
+    // times out waiting for one, with a message that says so.
+    let slow = CallOptions { timeout: Some(Duration::from_secs(20)), ..CallOptions::default() };
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let (r, slow) = (r.clone(), slow.clone());
+            tokio::spawn(async move { r.route(msg("agents.slow", json!(0)), slow).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let quick = CallOptions { timeout: Some(Duration::from_millis(200)), ..CallOptions::default() };
+    let e = err(r.route(msg("agents.echo", json!(1)), quick)).await;
+    assert_eq!(e.code(), ErrorCode::Timeout, "{e}");
+    assert!(e.to_string().contains("max_connections"), "{e}");
+    for b in busy {
+        b.abort();
+    }
+    // A zero limit is a configuration error.
+    let zero = ClientOptions { max_connections: 0, ..ClientOptions::default() };
+    let Err(e) = RemoteBridge::connect(&s.url, &Credentials::ApiKey(AGENT.into()), zero).await else {
+        panic!("max_connections 0 was accepted");
+    };
+    assert_eq!(e.code(), ErrorCode::Config, "{e}");
+}

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -174,8 +174,14 @@ impl Server {
 
 /// Over the connection limit: a plain-HTTP client gets a 503 it can read; a
 /// TLS one is closed (writing HTTP before a handshake would be garbage to it).
+///
+/// The 503 goes out after the request head has arrived (or after a short
+/// wait for it): an HTTP client that sees an answer before it has sent its
+/// request takes it for a broken connection ("unexpected message"), not for
+/// the server's refusal.
 async fn refuse(mut stream: TcpStream, tls: bool) {
     if !tls {
+        let _ = tokio::time::timeout(REFUSE_READ_WAIT, read_request_head(&mut stream)).await;
         let body = serde_json::to_string(&BridgeError::new(
             ErrorCode::ServiceUnavailable,
             "the server is at its connection limit (bridge.max_connections); retry shortly",
@@ -188,6 +194,41 @@ async fn refuse(mut stream: TcpStream, tls: bool) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), stream.write_all(resp.as_bytes())).await;
     }
     let _ = stream.shutdown().await;
+    if !tls {
+        // Closing with unread bytes (a request body) would send a reset that
+        // can destroy the 503 before the client reads it: discard what is
+        // left until the client closes, briefly.
+        let _ = tokio::time::timeout(REFUSE_READ_WAIT, async {
+            let mut buf = [0u8; 4096];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+}
+
+/// How long a refused connection may take to send its request head.
+const REFUSE_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Read until the end of a request head (a blank line), the end of the
+/// stream, or 16 KiB, whichever comes first. The bytes are discarded.
+async fn read_request_head(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    // What was read, minus all but the last three bytes of earlier reads: a
+    // blank line split across two reads is still found.
+    let mut recent = Vec::with_capacity(buf.len() + 3);
+    let mut seen = 0usize;
+    while seen < 16 * 1024 {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        recent.extend_from_slice(&buf[..n]);
+        if recent.windows(4).any(|w| w == b"\r\n\r\n") {
+            return;
+        }
+        seen += n;
+        recent.drain(..recent.len().saturating_sub(3));
+    }
 }
 
 /// Serve `bridge` on `listener` until `shutdown` completes (settings from

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{LOCAL, TestServer, get, post};
 use dreamos_bridge::{BridgeError, Message, handler_fn};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -288,6 +288,18 @@ async fn connection_limit_refuses_extra_clients() {
     let text = String::from_utf8_lossy(&buf);
     assert!(text.starts_with("HTTP/1.1 503"), "{text}");
     assert!(text.contains("SERVICE_UNAVAILABLE"), "{text}");
+    // An HTTP client gets that 503 as the answer to its request (written
+    // after the request arrived), not a broken connection.
+    let refused = common::client()
+        .post(format!("{}/v1/route", s.url))
+        .json(&json!({"destination": "agents.echo", "payload": "x".repeat(2000)}))
+        .send()
+        .await
+        .expect("a readable refusal");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "SERVICE_UNAVAILABLE", "{body}");
     drop(held);
     // Slots come back.
     let mut ok = false;
