@@ -209,18 +209,11 @@ async def test_a_python_handler_served_remotely_answers_another_agent(server: Se
     assert [r["echo"] for r in replies] == list(range(10))
     assert ("ext.py.sum", "agent") in seen
     assert service.unregister_route("ext.plain")
-    for _ in range(200):
-        try:
-            await agent.route("ext.plain", 1)
-        except db.RouteNotFoundError:
-            break
-        except db.HandlerError as e:
-            # Until the server processed the unsubscribe, it may still send
-            # the pattern here, and this client answers that it stopped.
-            assert "no longer serves" in str(e), e
-        await asyncio.sleep(0.01)
-    else:
-        raise AssertionError("the route stayed after unregister_route")
+    # Until the server has processed the unsubscribe it may still send the
+    # pattern here; this client declines, and the caller gets
+    # RouteNotFoundError either way.
+    with pytest.raises(db.RouteNotFoundError):
+        await agent.route("ext.plain", 1)
     await agent.close()
     await service.close()
 

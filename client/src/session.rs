@@ -412,11 +412,8 @@ fn dispatch(shared: &Arc<Shared>, frame: &Value, out: &mpsc::UnboundedSender<Str
     let id = msg.id;
     let handler = shared.handlers.read().resolve(&msg.destination).cloned();
     let Some(handler) = handler else {
-        let e = BridgeError::new(
-            ErrorCode::RouteNotFound,
-            format!("this client no longer serves {:?} (unregistered)", msg.destination),
-        );
-        let _ = out.send(wire::answer_frame(&id, &Err(e)));
+        let why = format!("this client no longer serves {:?} (unregistered)", msg.destination);
+        let _ = out.send(wire::declined_frame(&id, &why));
         return;
     };
     let out = out.clone();

@@ -151,6 +151,13 @@ pub fn message_from_frame(frame: &Value) -> Result<Message, String> {
     Ok(msg)
 }
 
+/// "This client does not serve that destination (any more)": the server
+/// hands the message to another subscriber, or answers `ROUTE_NOT_FOUND`.
+/// The message did not run, so passing it on cannot run it twice.
+pub fn declined_frame(id: &uuid::Uuid, message: &str) -> String {
+    json!({"type": "error", "id": id.to_string(), "code": "ROUTE_NOT_FOUND", "message": message}).to_string()
+}
+
 /// The answer frame to a message: `reply` with the payload, or `error`.
 pub fn answer_frame(id: &uuid::Uuid, result: &dreamos_bridge::Result<Payload>) -> String {
     match result {

@@ -172,8 +172,19 @@ impl Handler for ConnectedServiceHandler {
         let group = self.group.clone();
         Box::pin(async move {
             let mut tried = Vec::new();
+            let mut declined = 0usize;
             loop {
                 let Some(session) = group.pick(&tried) else {
+                    if declined > 0 && declined == tried.len() {
+                        return Err(BridgeError::new(
+                            ErrorCode::RouteNotFound,
+                            format!(
+                                "no connected service serves {:?} any more ({declined} unsubscribed while the \
+                                 message was on its way)",
+                                msg.destination
+                            ),
+                        ));
+                    }
                     return Err(BridgeError::new(
                         ErrorCode::ServiceUnavailable,
                         format!(
@@ -189,6 +200,14 @@ impl Handler for ConnectedServiceHandler {
                 let Some(rx) = session.dispatch(&msg) else { continue };
                 let _guard = PendingGuard { session: session.clone(), id: msg.id };
                 match rx.await {
+                    // The service unsubscribed after it was picked and did
+                    // not run the message: another subscriber may take it.
+                    Ok(Err(e)) if e.code() == ErrorCode::RouteNotFound => {
+                        tracing::debug!(id = %msg.id, session = session.id, pattern = %group.pattern,
+                            "connected service declined the message (unsubscribed); trying another subscriber");
+                        declined += 1;
+                        continue;
+                    }
                     Ok(result) => return result,
                     // The session closed with the message in flight: another subscriber gets it.
                     Err(_) => {

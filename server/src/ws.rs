@@ -206,7 +206,13 @@ fn handle_frame(state: &AppState, session: &Arc<Session>, token: Option<&str>, t
                     return;
                 }
             }
-            let result = if kind == "reply" { Ok(payload) } else { Err(BridgeError::handler(error_text.to_string())) };
+            let result = match (kind, frame.get("code").and_then(Value::as_str)) {
+                ("reply", _) => Ok(payload),
+                // The service declines: it does not serve this destination
+                // (any more). The hub passes the message on.
+                (_, Some("ROUTE_NOT_FOUND")) => Err(BridgeError::new(ErrorCode::RouteNotFound, error_text.to_string())),
+                _ => Err(BridgeError::handler(error_text.to_string())),
+            };
             if !session.answer(id, result) {
                 tracing::debug!(%id, "reply for a message nobody waits for (late or unknown); dropped");
             }

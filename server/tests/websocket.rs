@@ -134,6 +134,44 @@ async fn disconnect_with_messages_in_flight_moves_them_or_fails_them() {
     good.abort();
 }
 
+/// A service that unsubscribed while a message was on its way declines it
+/// (`code: ROUTE_NOT_FOUND`): the message did not run, so another subscriber
+/// gets it; with nobody else, the caller gets `ROUTE_NOT_FOUND`.
+#[tokio::test]
+async fn a_declined_message_goes_to_another_subscriber() {
+    let s = TestServer::start(LOCAL, |_| {}).await;
+    let route = format!("{}/v1/route", s.url);
+    let mut declining = service(&s, "ext.move").await;
+    let mut other = service(&s, "ext.move").await;
+    // Round robin: of two calls, one reaches each; `declining` declines its own.
+    let calls: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(post(route.clone(), None, json!({"destination": "ext.move", "payload": i}))))
+        .collect();
+    let m = next_json(&mut declining).await;
+    assert_eq!(m["type"], "message");
+    send(&mut declining, json!({"type": "error", "id": m["id"], "code": "ROUTE_NOT_FOUND", "message": "gone"})).await;
+    // `other` now gets both: its own and the declined one (same id).
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let v = next_json(&mut other).await;
+        assert_eq!(v["type"], "message");
+        send(&mut other, json!({"type": "reply", "id": v["id"], "payload": {"by": "other"}})).await;
+        ids.push(v["id"].clone());
+    }
+    assert!(ids.contains(&m["id"]), "{ids:?} {m}");
+    for c in calls {
+        let (st, _, v) = c.await.unwrap();
+        assert_eq!((st, &v["payload"]), (200, &json!({"by": "other"})), "{v}");
+    }
+    // The only subscriber declines: ROUTE_NOT_FOUND, not a handler error.
+    let mut alone = service(&s, "ext.alone").await;
+    let call = tokio::spawn(post(route.clone(), None, json!({"destination": "ext.alone", "payload": 1})));
+    let m = next_json(&mut alone).await;
+    send(&mut alone, json!({"type": "error", "id": m["id"], "code": "ROUTE_NOT_FOUND", "message": "gone"})).await;
+    let (st, _, v) = call.await.unwrap();
+    assert_eq!((st, v["code"].as_str()), (404, Some("ROUTE_NOT_FOUND")), "{v}");
+}
+
 #[tokio::test]
 async fn service_errors_and_bad_frames() {
     let s = TestServer::start(LOCAL, |b| {
