@@ -430,6 +430,10 @@ pub struct RouteConfig {
     pub timeout: Option<Seconds>,
 }
 
+/// The deepest `limits.max_json_depth` accepted: payload walks recurse once
+/// per level and must stay well inside a 2 MiB thread stack.
+pub const MAX_JSON_DEPTH: usize = 512;
+
 /// The `limits` section: message validation.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -663,6 +667,15 @@ impl BridgeConfig {
         }
         if b.dead_letter_capacity == 0 {
             return Err(BridgeError::config("bridge.dead_letter_capacity", "must be at least 1"));
+        }
+        let depth = self.limits.max_json_depth;
+        if !(1..=MAX_JSON_DEPTH).contains(&depth) {
+            // Payload walks recurse once per level; far deeper nesting would
+            // overflow a thread's stack (a crash, not an error).
+            return Err(BridgeError::config(
+                "limits.max_json_depth",
+                format!("must be between 1 and {MAX_JSON_DEPTH}, got {depth}"),
+            ));
         }
         let m = &self.monitoring;
         if !(0.0..=1.0).contains(&m.alert_threshold) {
@@ -994,6 +1007,15 @@ mod tests {
             err("bridge:\n  max_connections: many\n"),
             "bridge.max_connections: expected an integer, got \"many\""
         );
+    }
+
+    #[test]
+    fn json_depth_stays_within_what_the_stack_can_walk() {
+        let m = err("limits:\n  max_json_depth: 100000\n");
+        assert!(m.contains("limits.max_json_depth") && m.contains("between 1 and 512"), "{m}");
+        assert!(err("limits:\n  max_json_depth: 0\n").contains("limits.max_json_depth"));
+        let c = BridgeConfig::from_yaml(&format!("limits:\n  max_json_depth: {MAX_JSON_DEPTH}\n")).unwrap();
+        assert_eq!(c.limits.max_json_depth, MAX_JSON_DEPTH);
     }
 
     #[test]
