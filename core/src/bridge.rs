@@ -1071,18 +1071,24 @@ impl Call {
 /// shutdown. A panicking handler becomes `HANDLER_ERROR`.
 async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Message) -> Result<Payload> {
     let span =
-        tracing::debug_span!("bridge.deliver", id = %msg.id, destination = %msg.destination, route = %route.pattern);
+        || tracing::debug_span!("bridge.deliver", id = %msg.id, destination = %msg.destination, route = %route.pattern);
     let h = match &route.target {
         Target::Handler(h) => h,
         Target::Service(s) => {
             // The connection manager keeps the deadline itself (pool wait,
             // every attempt, backoff) and ends with SHUTDOWN when shutdown
             // cancels in-flight work: a second timer or watch here would only cost.
-            // (A span no subscriber wants is not entered on every poll.)
+            // The span only when a subscriber wants it: even a disabled span
+            // records its fields for `log` (about 100 instructions a request).
             let delivery = inner.connections.deliver(s, &msg);
-            return if span.is_disabled() { delivery.await } else { delivery.instrument(span).await };
+            return if tracing::enabled!(tracing::Level::DEBUG) {
+                delivery.instrument(span()).await
+            } else {
+                delivery.await
+            };
         }
     };
+    let span = span();
     // A handler that never waits answers here: no future, no timer.
     let msg = match call_now_guarded(h, msg) {
         AnswerNow::Answered(result) => return result,

@@ -3,7 +3,7 @@
 //! The bridge resolves a destination to a [`ServiceRoute`] and hands the
 //! message here; this module owns everything between that and the reply:
 //! one pooled client per service with at most `max_connections` requests
-//! in flight ([`service`]), the outgoing credentials ([`credentials`]),
+//! in flight ([`service`], [`slots`]), the outgoing credentials ([`credentials`]),
 //! retries with backoff, jitter and a budget ([`retry`]), a circuit breaker
 //! ([`breaker`]) and health from active checks and observed failures
 //! ([`health`]).
@@ -19,6 +19,7 @@ pub mod health;
 pub mod retry;
 mod service;
 mod shutdown;
+mod slots;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

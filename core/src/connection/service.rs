@@ -20,7 +20,6 @@ use bytes::Bytes;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{Method, StatusCode};
-use tokio::sync::Semaphore;
 use url::Url;
 use uuid::Uuid;
 
@@ -28,6 +27,7 @@ use super::breaker::CircuitBreaker;
 use super::credentials::{Credentials, describe_reqwest, origin, read_capped};
 use super::health::{HealthMonitor, ServiceHealth, Signal};
 use super::retry::RetryManager;
+use super::slots::{ConnectionSlots, NoSlot, Slot};
 use crate::config::{BridgeConfig, RouteConfig, ServiceConfig};
 use crate::error::{BridgeError, ErrorCode, Result};
 use crate::message::{Message, Payload};
@@ -248,9 +248,9 @@ pub(crate) struct ServiceClient {
     /// The pooled client. Not behind a lock: every delivery uses it, and a
     /// lock (or a reference count bumped per call) is a cache line both
     /// worker threads would write per request. After [`terminate`](Self::terminate)
-    /// the closed `connections` semaphore refuses every call instead.
+    /// the closed `connections` slots refuse every call instead.
     client: reqwest::Client,
-    connections: Semaphore,
+    connections: ConnectionSlots,
     max_connections: usize,
     credentials: Credentials,
     retry: RetryManager,
@@ -336,13 +336,13 @@ impl Failure {
 /// never leaves the gauge up).
 struct InFlight<'a> {
     svc: &'a ServiceClient,
-    _permit: tokio::sync::SemaphorePermit<'a>,
+    _slot: Slot<'a>,
 }
 
 impl<'a> InFlight<'a> {
-    fn new(svc: &'a ServiceClient, permit: tokio::sync::SemaphorePermit<'a>) -> Self {
+    fn new(svc: &'a ServiceClient, slot: Slot<'a>) -> Self {
         svc.stats.connection_opened();
-        InFlight { svc, _permit: permit }
+        InFlight { svc, _slot: slot }
     }
 }
 
@@ -422,7 +422,7 @@ impl ServiceClient {
         Ok(ServiceClient {
             name: name.to_string(),
             client,
-            connections: Semaphore::new(max_connections),
+            connections: ConnectionSlots::new(max_connections),
             max_connections,
             credentials,
             retry: RetryManager::new(
@@ -470,8 +470,8 @@ impl ServiceClient {
     }
 
     pub fn health(&self) -> ServiceHealth {
-        // Requests in flight are the connection permits held.
-        let in_flight = self.max_connections.saturating_sub(self.connections.available_permits());
+        // Requests in flight are the connection slots held.
+        let in_flight = self.connections.in_use();
         self.health.report(self.breaker.state(), in_flight)
     }
 
@@ -683,19 +683,17 @@ impl ServiceClient {
         deadline: Instant,
     ) -> std::result::Result<Payload, Failure> {
         // A free slot needs no timer; otherwise wait for one within the deadline.
-        // (A borrowed permit: no reference count to bump on a shared line.)
-        let permit = match self.connections.try_acquire() {
-            Ok(p) => p,
-            Err(tokio::sync::TryAcquireError::Closed) => return Err(Failure::Shutdown),
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                match tokio::time::timeout_at(deadline.into(), self.connections.acquire()).await {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(_)) => return Err(Failure::Shutdown),
-                    Err(_) => return Err(Failure::PoolTimeout),
-                }
-            }
+        // (A borrowed slot: no reference count to bump on a shared line.)
+        let slot = match self.connections.try_acquire() {
+            Ok(s) => s,
+            Err(NoSlot::Closed) => return Err(Failure::Shutdown),
+            Err(NoSlot::Full) => match tokio::time::timeout_at(deadline.into(), self.connections.acquire()).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(_)) => return Err(Failure::Shutdown),
+                Err(_) => return Err(Failure::PoolTimeout),
+            },
         };
-        let _in_flight = InFlight::new(self, permit);
+        let _in_flight = InFlight::new(self, slot);
         if let Err(e) = self.credentials.apply(&mut headers, deadline).await {
             return Err(Failure::Credentials(e.error, e.retryable));
         }
