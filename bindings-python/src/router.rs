@@ -86,9 +86,8 @@ fn running_completer(py: Python<'_>) -> PyResult<Option<Py<Completer>>> {
     let ident = unsafe { ffi::PyThread_get_thread_ident() } as u64;
     // The reference is taken out before any Python code runs, which could
     // come back here.
-    let last = LAST.with_borrow(|l| {
-        l.as_ref().filter(|l| l.generation == fork_generation()).map(|l| l.completer.clone_ref(py))
-    });
+    let last = LAST
+        .with_borrow(|l| l.as_ref().filter(|l| l.generation == fork_generation()).map(|l| l.completer.clone_ref(py)));
     if let Some(completer) = last
         && runs_here(py, completer.get(), ident)
     {

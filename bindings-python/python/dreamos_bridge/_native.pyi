@@ -4,6 +4,8 @@ import asyncio
 import os
 from typing import Any, Callable, Coroutine, Dict, List, Mapping, Optional, Type, TypeVar, Union, final
 
+from typing_extensions import disjoint_base
+
 
 __all__ = [
     "Bridge",
@@ -162,6 +164,7 @@ class Bridge:
 
 _B = TypeVar("_B", bound="BridgeBase")
 
+@disjoint_base
 class BridgeBase:
     def __new__(
         cls: Type[_B], config: Optional[Mapping[str, Any]] = None, *, _native: Optional[Bridge] = None
