@@ -23,7 +23,9 @@
 //! reach the engine through `_n`, the native [`PyBridge`].
 
 use std::cell::RefCell;
+use std::sync::OnceLock;
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -31,6 +33,7 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::bridge::{Direct, PyBridge};
 use crate::completer::Completer;
+use crate::errors::guard;
 use crate::runtime::fork_generation;
 
 /// The package's helpers for the cases `route` does not finish natively.
@@ -107,37 +110,68 @@ fn running_completer(py: Python<'_>) -> PyResult<Option<Py<Completer>>> {
     Ok(Some(completer))
 }
 
-/// The native part of `BridgeManager`: construction and `route`.
+/// The native part of `BridgeManager`: the engine and `route`.
+///
+/// The engine is installed by `__init__` (`_init_native`), not `__new__`,
+/// so that a subclass's `__init__` may take other arguments than the
+/// configuration, as it could when `BridgeManager` was a plain Python class.
 #[pyclass(module = "dreamos_bridge._native", frozen, subclass, weakref)]
 pub struct BridgeBase {
-    inner: Py<PyBridge>,
+    inner: OnceLock<Py<PyBridge>>,
+}
+
+impl BridgeBase {
+    fn engine(&self) -> PyResult<&Py<PyBridge>> {
+        self.inner.get().ok_or_else(|| {
+            PyRuntimeError::new_err(
+                "this BridgeManager has no engine: a subclass's __init__ must call super().__init__(config)",
+            )
+        })
+    }
 }
 
 #[pymethods]
 impl BridgeBase {
-    /// `config`: the YAML structure as a mapping (None: embedded defaults);
-    /// `_native`: an engine built already (`from_yaml`, `from_file`).
+    /// Any arguments (they are `__init__`'s); the engine comes with `__init__`.
     #[new]
-    #[pyo3(signature = (config = None, *, _native = None))]
-    fn new(py: Python<'_>, config: Option<&Bound<'_, PyAny>>, _native: Option<Py<PyBridge>>) -> PyResult<Self> {
-        let config = config.filter(|c| !c.is_none());
-        if let Some(inner) = _native {
-            if config.is_some() {
-                return Err(pyo3::exceptions::PyTypeError::new_err("pass either a configuration or an engine"));
-            }
-            return Ok(BridgeBase { inner });
+    #[pyo3(signature = (*args, **kwargs))]
+    fn new(args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        let _ = (args, kwargs);
+        BridgeBase { inner: OnceLock::new() }
+    }
+
+    /// Build the engine from `config` (the YAML structure as a mapping;
+    /// None: embedded defaults), or install `engine` (built already by
+    /// `from_yaml`, `from_file`). Once per object.
+    #[pyo3(signature = (config = None, engine = None))]
+    fn _init_native(
+        &self,
+        py: Python<'_>,
+        config: Option<&Bound<'_, PyAny>>,
+        engine: Option<Py<PyBridge>>,
+    ) -> PyResult<()> {
+        if self.inner.get().is_some() {
+            return Err(PyRuntimeError::new_err("this BridgeManager has its engine already; create a new one"));
         }
-        let config = match config {
-            Some(c) if !c.is_instance_of::<PyDict>() => Some(py.get_type::<PyDict>().call1((c,))?),
-            other => other.cloned(),
+        let engine = match engine {
+            Some(e) => e,
+            None => {
+                let config = match config.filter(|c| !c.is_none()) {
+                    Some(c) if !c.is_instance_of::<PyDict>() => Some(py.get_type::<PyDict>().call1((c,))?),
+                    other => other.cloned(),
+                };
+                Py::new(py, PyBridge::new(py, config.as_ref())?)?
+            }
         };
-        Ok(BridgeBase { inner: Py::new(py, PyBridge::new(py, config.as_ref())?)? })
+        self.inner
+            .set(engine)
+            .map_err(|_| PyRuntimeError::new_err("this BridgeManager has its engine already; create a new one"))
     }
 
     /// The native engine (`dreamos_bridge._native.Bridge`).
     #[getter]
-    fn _n(&self, py: Python<'_>) -> Py<PyBridge> {
-        self.inner.clone_ref(py)
+    fn _n(&self, py: Python<'_>) -> PyResult<Py<PyBridge>> {
+        Ok(self.engine()?.clone_ref(py))
     }
 
     /// Send a request; await the result for the reply. Cancelling the awaiting task cancels the call.
@@ -159,7 +193,7 @@ impl BridgeBase {
         headers: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        let Some(completer) = running_completer(py)? else {
+        let Some(completer) = guard(py, || running_completer(py))? else {
             let none = py.None();
             let args = PyTuple::new(
                 py,
@@ -182,7 +216,8 @@ impl BridgeBase {
                 &none
             }
         };
-        let r = slf.get().inner.get().route_on(py, completer.get(), destination, payload, token, timeout, headers)?;
+        let r =
+            slf.get().engine()?.get().route_on(py, completer.get(), destination, payload, token, timeout, headers)?;
         if r.bind(py).is_instance_of::<Direct>() {
             return helpers(py)?.suspended.bind(py).call1((r,)).map(Bound::unbind);
         }

@@ -314,18 +314,22 @@ class BridgeManager(_native.BridgeBase):
 
     __slots__ = ()
 
-    def __init__(self, config: Optional[Mapping[str, Any]] = None, **_: Any) -> None:
-        pass  # built by the native __new__; this lets subclasses call super().__init__(config)
+    def __init__(self, config: Optional[Mapping[str, Any]] = None) -> None:
+        self._init_native(config)
 
     @classmethod
     def from_yaml(cls, text: str) -> "BridgeManager":
         """Build from YAML text (``${VAR}`` expands from the environment)."""
-        return cls(_native=_native.Bridge.from_yaml(text))
+        self = cls.__new__(cls)
+        self._init_native(None, _native.Bridge.from_yaml(text))
+        return self
 
     @classmethod
     def from_file(cls, path: Union[str, "os.PathLike[str]"]) -> "BridgeManager":
         """Build from a YAML file."""
-        return cls(_native=_native.Bridge.from_file(os.fspath(path)))
+        self = cls.__new__(cls)
+        self._init_native(None, _native.Bridge.from_file(os.fspath(path)))
+        return self
 
     @classmethod
     async def connect(
