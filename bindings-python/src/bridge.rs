@@ -299,6 +299,25 @@ impl PyBridge {
         .future(py, c)
     }
 
+    /// `route` on the loop of `c`: errors come back inside a finished future,
+    /// as a coroutine would raise them at its `await`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn route_on(
+        &self,
+        py: Python<'_>,
+        c: &Completer,
+        destination: &Bound<'_, PyAny>,
+        payload: &Bound<'_, PyAny>,
+        token: Option<&Bound<'_, PyAny>>,
+        timeout: Option<&Bound<'_, PyAny>>,
+        headers: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        match guard(py, || self.route_inner(py, c, destination, payload, token, timeout, headers)) {
+            Ok(r) => Ok(r),
+            Err(e) => ready(py, c, Err(e)),
+        }
+    }
+
     /// Run a Python handler on this thread: call it and, if it is a
     /// coroutine, step it once. Most handlers answer without suspending; then
     /// the reply goes back in a completed future, with no task, no deadline
@@ -312,7 +331,7 @@ impl PyBridge {
         func: Py<PyAny>,
         py_payload: Py<PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let message = Py::new(py, PyMessage::from_core(call.message(), py_payload))?;
+        let message = PyMessage::create(py, call.message(), py_payload)?;
         let mut direct = Direct {
             deadline: call.deadline(),
             call: Mutex::new(Some(call)),
@@ -347,7 +366,7 @@ impl PyBridge {
 impl PyBridge {
     #[new]
     #[pyo3(signature = (config = None))]
-    fn new(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    pub(crate) fn new(py: Python<'_>, config: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
         guard(py, || {
             let cfg = match config.filter(|c| !c.is_none()) {
                 None => BridgeConfig::default(),
@@ -458,11 +477,7 @@ impl PyBridge {
         timeout: Option<&Bound<'_, PyAny>>,
         headers: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
-        let c = completer.get();
-        match guard(py, || self.route_inner(py, c, destination, payload, token, timeout, headers)) {
-            Ok(r) => Ok(r),
-            Err(e) => ready(py, c, Err(e)),
-        }
+        self.route_on(py, completer.get(), destination, payload, token, timeout, headers)
     }
 
     #[pyo3(signature = (completer, destination, payload, token = None, headers = None))]

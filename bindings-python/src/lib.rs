@@ -34,7 +34,13 @@
 //!    caller loop's `Completer` (a queue plus a socket pair registered with
 //!    `loop.add_reader`): one wake-up drains every result that finished
 //!    meanwhile, instead of one `call_soon_threadsafe` per future.
-//! 6. **Python handlers reached from tokio** (publish's background delivery,
+//! 6. **`bridge.route(...)` is a native method call.** `BridgeManager`
+//!    inherits `route` from the native `router::BridgeBase` (no Python frame;
+//!    the caller loop's completer comes from a per-thread cache), and the
+//!    two objects a same-loop call makes (the handler's `Message` and the
+//!    `Done`) reuse freed memory (`recycle`) instead of going through pyo3's
+//!    allocation and deallocation.
+//! 7. **Python handlers reached from tokio** (publish's background delivery,
 //!    callers on another loop) are scheduled on their own loop with
 //!    `call_soon_threadsafe`; the engine dropping the call cancels the task.
 //!
@@ -52,7 +58,9 @@ mod done;
 mod errors;
 mod handler;
 mod message;
+mod recycle;
 mod remote;
+mod router;
 mod runtime;
 
 use pyo3::prelude::*;
@@ -62,18 +70,22 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<bridge::PyBridge>()?;
     m.add_class::<bridge::Direct>()?;
+    m.add_class::<router::BridgeBase>()?;
     m.add_class::<completer::Completer>()?;
     m.add_class::<done::Done>()?;
     done::install_am_send(m.py())?;
+    done::Done::install_recycling(m.py())?;
     m.add_class::<completer::Abort>()?;
     m.add_class::<handler::Resolver>()?;
     m.add_class::<message::PyMessage>()?;
+    message::PyMessage::install_recycling(m.py())?;
     m.add_class::<message::PyToken>()?;
     m.add_class::<remote::PyRemote>()?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;
     m.add_function(wrap_pyfunction!(errors::_register_errors, m)?)?;
     m.add_function(wrap_pyfunction!(handler::_register_dispatch, m)?)?;
     m.add_function(wrap_pyfunction!(completer::_register_future_types, m)?)?;
+    m.add_function(wrap_pyfunction!(router::_register_route_helpers, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(runtime::_shutdown_runtime, m)?)?;
     m.add("ERROR_CODES", dreamos_bridge::ErrorCode::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>())?;

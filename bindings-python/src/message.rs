@@ -13,12 +13,24 @@ use pyo3::types::{PyDict, PyString};
 use uuid::Uuid;
 
 use crate::errors::to_pyerr;
+use crate::recycle::{Recyclable, Recycler};
+
+static RECYCLER: Recycler = Recycler::new();
+
+impl Recyclable for PyMessage {
+    fn recycler() -> &'static Recycler {
+        &RECYCLER
+    }
+}
 
 /// A message: destination subject, payload, headers and what the bridge knows about it.
 #[pyclass(name = "Message", module = "dreamos_bridge._native", frozen)]
 pub struct PyMessage {
     pub id: Uuid,
     pub destination: String,
+    /// A struct member (read in place by the interpreter, no getter call):
+    /// nearly every handler reads it.
+    #[pyo3(get)]
     pub payload: Py<PyAny>,
     pub headers: Vec<(String, String)>,
     pub source: Option<Arc<str>>,
@@ -82,10 +94,6 @@ impl PyMessage {
         &self.destination
     }
     #[getter]
-    fn payload(&self, py: Python<'_>) -> Py<PyAny> {
-        self.payload.clone_ref(py)
-    }
-    #[getter]
     fn headers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (k, v) in &self.headers {
@@ -127,6 +135,25 @@ impl PyMessage {
         m.timestamp = self.timestamp;
         m.priority = self.priority;
         m
+    }
+
+    /// A Python message object for a handler, from the engine's (recycled memory when there is some).
+    pub fn create(py: Python<'_>, m: &Message, payload: Py<PyAny>) -> PyResult<Py<PyMessage>> {
+        Recycler::create(py, Self::from_core(m, payload))
+    }
+
+    /// Recycle `Message` objects (see `recycle.rs`); false if the layout check failed.
+    pub fn install_recycling(py: Python<'_>) -> PyResult<bool> {
+        let sample = PyMessage {
+            id: Uuid::nil(),
+            destination: String::new(),
+            payload: py.None(),
+            headers: Vec::new(),
+            source: None,
+            timestamp: 0,
+            priority: 0,
+        };
+        Recycler::install(py, sample)
     }
 
     /// A Python message for a handler, from the engine's.

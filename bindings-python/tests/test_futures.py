@@ -181,3 +181,47 @@ def test_outside_a_running_loop_route_returns_a_coroutine() -> None:
         t.join(10)
         loop.close()
     asyncio.run(b.shutdown())
+
+
+async def test_kept_messages_and_results_survive_later_calls(bridge: BridgeManager) -> None:
+    """Messages and finished futures reuse freed memory: one still referenced is never reused."""
+    import gc
+    import weakref
+
+    kept: List[Message] = []
+
+    def keep(m: Message) -> Any:
+        if m.payload % 2 == 0:
+            kept.append(m)
+        return {"n": m.payload}
+
+    bridge.register_route("agents.keep.>", keep)
+    futures = []
+    for i in range(600):  # more than the recycler keeps, so both paths run
+        f = bridge.route(f"agents.keep.d{i}", i, headers={"h": str(i)})
+        if i % 3 == 0:
+            futures.append((i, f))
+        assert await f == {"n": i}
+        gc.collect() if i % 100 == 0 else None
+    assert [m.payload for m in kept] == list(range(0, 600, 2))
+    assert [m.destination for m in kept] == [f"agents.keep.d{i}" for i in range(0, 600, 2)]
+    assert [m.headers for m in kept] == [{"h": str(i)} for i in range(0, 600, 2)]
+    assert len({m.id for m in kept}) == len(kept)
+    assert all(f.result() == {"n": i} for i, f in futures)
+
+
+class _Agent(BridgeManager):
+    """A subclass with its own __init__ and attributes (route is inherited from the native base)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__({"bridge": {"request_timeout": "5s"}})
+        self.name = name
+
+
+async def test_a_subclass_of_bridgemanager_works() -> None:
+    agent = _Agent("a1")
+    async with agent:
+        agent.register_route("agents.echo", lambda m: m.payload)
+        assert agent.name == "a1" and isinstance(agent, BridgeManager)
+        assert await agent.route("agents.echo", {"x": 1}) == {"x": 1}
+        assert await agent.route("agents.echo", payload=2, timeout=1.0) == 2

@@ -81,7 +81,6 @@ Handler = Callable[[Message], Union[Payload, Awaitable[Payload]]]
 H = TypeVar("H", bound=Callable[..., Any])
 TokenLike = Union[Token, str]
 
-_Direct = _native.Direct
 _timeout = getattr(asyncio, "timeout", None)  # Python >= 3.11
 _isawaitable = inspect.isawaitable
 _get_running_loop = asyncio.events._get_running_loop
@@ -283,30 +282,53 @@ async def _run_suspended(d: Any) -> Any:
     return d.finish(r)
 
 
-class BridgeManager:
+def _suspended(d: Any) -> Any:
+    """The task running the rest of a direct call whose handler suspended."""
+    return _ReplyTask(_run_suspended(d))
+
+
+async def _route_later(
+    bridge: "BridgeManager",
+    destination: Union[str, Message],
+    payload: Payload,
+    token: Optional[TokenLike],
+    timeout: Optional[float],
+    headers: Optional[Mapping[str, str]],
+) -> Payload:
+    """``route`` called outside a running loop: the call, made when this runs."""
+    return await bridge.route(destination, payload, token=token, timeout=timeout, headers=headers)
+
+
+_native._register_route_helpers(_completer, _suspended, _route_later)
+
+
+class BridgeManager(_native.BridgeBase):
     """The bridge: lifecycle, routes, security and the message flow.
 
     ``BridgeManager()`` runs on embedded defaults (in-process handlers only);
     ``BridgeManager(config_dict)`` takes the YAML structure as a dict.
+
+    ``route`` is inherited from the native base class (the hot path, with no
+    Python frame); the rest reaches the engine through ``_n``.
     """
 
-    __slots__ = ("_n", "__weakref__")
+    __slots__ = ()
 
     def __init__(self, config: Optional[Mapping[str, Any]] = None) -> None:
-        self._n = _native.Bridge(dict(config) if config is not None and not isinstance(config, dict) else config)
+        self._init_native(config)
 
     @classmethod
     def from_yaml(cls, text: str) -> "BridgeManager":
         """Build from YAML text (``${VAR}`` expands from the environment)."""
         self = cls.__new__(cls)
-        self._n = _native.Bridge.from_yaml(text)
+        self._init_native(None, _native.Bridge.from_yaml(text))
         return self
 
     @classmethod
     def from_file(cls, path: Union[str, "os.PathLike[str]"]) -> "BridgeManager":
         """Build from a YAML file."""
         self = cls.__new__(cls)
-        self._n = _native.Bridge.from_file(os.fspath(path))
+        self._init_native(None, _native.Bridge.from_file(os.fspath(path)))
         return self
 
     @classmethod
@@ -390,46 +412,6 @@ class BridgeManager:
         return list(self._n.routes())
 
     # -- the message flow -----------------------------------------------------
-
-    def route(
-        self,
-        destination: Union[str, Message],
-        payload: Payload = None,
-        *,
-        token: Optional[TokenLike] = None,
-        timeout: Optional[float] = None,
-        headers: Optional[Mapping[str, str]] = None,
-    ) -> "Coroutine[Any, Any, Payload]":
-        """Send a request; await the result for the reply. Cancelling the awaiting task cancels the call.
-
-        Inside a running loop the call starts at once and what comes back is
-        a future (``asyncio.isfuture``; also usable as a coroutine, e.g. with
-        ``asyncio.create_task``): a native finished one when the reply came
-        without waiting, e.g. from a handler on this loop or a Rust handler,
-        else an ``asyncio.Future``.
-        Outside a running loop it returns a coroutine that makes the call
-        when it runs.
-        """
-        loop, c = _tls.pair  # _completer()'s fast path, inlined
-        if loop._thread_id != _get_ident():
-            c = _completer()
-            if c is None:
-                return self._route_later(destination, payload, token, timeout, headers)
-        r = self._n.route(c, destination, payload, token, timeout, headers)
-        if type(r) is _Direct:
-            # A handler on this loop suspended: run the rest in a task.
-            return _ReplyTask(_run_suspended(r))
-        return r  # type: ignore[no-any-return]
-
-    async def _route_later(
-        self,
-        destination: Union[str, Message],
-        payload: Payload,
-        token: Optional[TokenLike],
-        timeout: Optional[float],
-        headers: Optional[Mapping[str, str]],
-    ) -> Payload:
-        return await self.route(destination, payload, token=token, timeout=timeout, headers=headers)
 
     async def publish(
         self,

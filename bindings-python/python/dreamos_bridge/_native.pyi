@@ -2,11 +2,14 @@
 
 import asyncio
 import os
-from typing import Any, Callable, Dict, List, Mapping, Optional, Type, Union, final
+from typing import Any, Callable, Coroutine, Dict, List, Mapping, Optional, Type, TypeVar, Union, final
+
+from typing_extensions import disjoint_base
 
 
 __all__ = [
     "Bridge",
+    "BridgeBase",
     "Direct",
     "Completer",
     "Done",
@@ -18,6 +21,7 @@ __all__ = [
     "_register_errors",
     "_register_dispatch",
     "_register_future_types",
+    "_register_route_helpers",
     "_after_fork_in_child",
     "_shutdown_runtime",
     "cli_main",
@@ -158,6 +162,24 @@ class Bridge:
     def _test_panic(self, completer: Completer, sync: bool) -> Any: ...
     def _route_naive(self, destination: Union[str, Message], payload: Any) -> "asyncio.Future[Any]": ...
 
+_B = TypeVar("_B", bound="BridgeBase")
+
+@disjoint_base
+class BridgeBase:
+    def __new__(cls: Type[_B], *args: Any, **kwargs: Any) -> _B: ...
+    def _init_native(self, config: Optional[Mapping[str, Any]] = None, engine: Optional[Bridge] = None) -> None: ...
+    @property
+    def _n(self) -> Bridge: ...
+    def route(
+        self,
+        destination: Union[str, Message],
+        payload: Any = None,
+        *,
+        token: Union[Token, str, None] = None,
+        timeout: Optional[float] = None,
+        headers: Optional[Mapping[str, str]] = None,
+    ) -> Coroutine[Any, Any, Any]: ...
+
 @final
 class Remote:
     @staticmethod
@@ -208,6 +230,11 @@ def _register_errors(classes: Mapping[str, Type[BaseException]]) -> None: ...
 def _register_dispatch(dispatch: Callable[..., None]) -> None: ...
 def _register_future_types(
     reply: Type["asyncio.Future[Any]"], coroutine: type, isawaitable: Callable[[Any], bool]
+) -> None: ...
+def _register_route_helpers(
+    completer: Callable[[], Optional[Completer]],
+    suspended: Callable[[Direct], Any],
+    later: Callable[..., Coroutine[Any, Any, Any]],
 ) -> None: ...
 def _after_fork_in_child() -> None: ...
 def _shutdown_runtime() -> None: ...
