@@ -36,16 +36,6 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple, PyType};
 
-use crate::recycle::{Recyclable, Recycler};
-
-static RECYCLER: Recycler = Recycler::new();
-
-impl Recyclable for Done {
-    fn recycler() -> &'static Recycler {
-        &RECYCLER
-    }
-}
-
 /// An already-completed call: its value or its exception.
 #[pyclass(module = "dreamos_bridge._native", frozen)]
 pub struct Done {
@@ -66,12 +56,7 @@ impl Done {
             Err(e) if e.is_instance_of::<PyException>(py) => (e.into_value(py).into_any(), true),
             Err(e) => return Err(e),
         };
-        Ok(Recycler::create(py, Done { value, failed, loop_ref: loop_ref.clone_ref(py) })?.into_any())
-    }
-
-    /// Recycle `Done` objects (see `recycle.rs`); false if the layout check failed.
-    pub fn install_recycling(py: Python<'_>) -> PyResult<bool> {
-        Recycler::install(py, Done { value: py.None(), failed: false, loop_ref: py.None() })
+        Ok(Py::new(py, Done { value, failed, loop_ref: loop_ref.clone_ref(py) })?.into_any())
     }
 
     /// The outcome as a Rust result (the exception raised again when it failed).

@@ -36,10 +36,7 @@
 //!    meanwhile, instead of one `call_soon_threadsafe` per future.
 //! 6. **`bridge.route(...)` is a native method call.** `BridgeManager`
 //!    inherits `route` from the native `router::BridgeBase` (no Python frame;
-//!    the caller loop's completer comes from a per-thread cache), and the
-//!    two objects a same-loop call makes (the handler's `Message` and the
-//!    `Done`) reuse freed memory (`recycle`) instead of going through pyo3's
-//!    allocation and deallocation.
+//!    the caller loop's completer comes from a per-thread cache).
 //! 7. **Python handlers reached from tokio** (publish's background delivery,
 //!    callers on another loop) are scheduled on their own loop with
 //!    `call_soon_threadsafe`; the engine dropping the call cancels the task.
@@ -58,7 +55,6 @@ mod done;
 mod errors;
 mod handler;
 mod message;
-mod recycle;
 mod remote;
 mod router;
 mod runtime;
@@ -74,11 +70,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<completer::Completer>()?;
     m.add_class::<done::Done>()?;
     done::install_am_send(m.py())?;
-    done::Done::install_recycling(m.py())?;
     m.add_class::<completer::Abort>()?;
     m.add_class::<handler::Resolver>()?;
     m.add_class::<message::PyMessage>()?;
-    message::PyMessage::install_recycling(m.py())?;
     m.add_class::<message::PyToken>()?;
     m.add_class::<remote::PyRemote>()?;
     m.add_function(wrap_pyfunction!(cli::cli_main, m)?)?;

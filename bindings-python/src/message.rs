@@ -13,16 +13,6 @@ use pyo3::types::{PyDict, PyString};
 use uuid::Uuid;
 
 use crate::errors::to_pyerr;
-use crate::recycle::{Recyclable, Recycler};
-
-static RECYCLER: Recycler = Recycler::new();
-
-impl Recyclable for PyMessage {
-    fn recycler() -> &'static Recycler {
-        &RECYCLER
-    }
-}
-
 /// A message: destination subject, payload, headers and what the bridge knows about it.
 #[pyclass(name = "Message", module = "dreamos_bridge._native", frozen)]
 pub struct PyMessage {
@@ -137,23 +127,9 @@ impl PyMessage {
         m
     }
 
-    /// A Python message object for a handler, from the engine's (recycled memory when there is some).
+    /// A Python message object for a handler, from the engine's.
     pub fn create(py: Python<'_>, m: &Message, payload: Py<PyAny>) -> PyResult<Py<PyMessage>> {
-        Recycler::create(py, Self::from_core(m, payload))
-    }
-
-    /// Recycle `Message` objects (see `recycle.rs`); false if the layout check failed.
-    pub fn install_recycling(py: Python<'_>) -> PyResult<bool> {
-        let sample = PyMessage {
-            id: Uuid::nil(),
-            destination: String::new(),
-            payload: py.None(),
-            headers: Vec::new(),
-            source: None,
-            timestamp: 0,
-            priority: 0,
-        };
-        Recycler::install(py, sample)
+        Py::new(py, Self::from_core(m, payload))
     }
 
     /// A Python message for a handler, from the engine's.

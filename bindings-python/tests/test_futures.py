@@ -197,7 +197,7 @@ async def test_kept_messages_and_results_survive_later_calls(bridge: BridgeManag
 
     bridge.register_route("agents.keep.>", keep)
     futures = []
-    for i in range(600):  # more than the recycler keeps, so both paths run
+    for i in range(600):
         f = bridge.route(f"agents.keep.d{i}", i, headers={"h": str(i)})
         if i % 3 == 0:
             futures.append((i, f))
