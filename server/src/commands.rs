@@ -195,16 +195,19 @@ async fn serve(config_path: Option<PathBuf>, log_format: LogFormat, echo: Vec<St
             return ExitCode::FAILURE;
         }
     };
+    // The signal handlers go in before the "listening" line: a signal sent
+    // as soon as that line appears must drain (or reload), not kill.
+    let shutdown = shutdown_signal();
+    let reloader = config_path.map(|path| {
+        let (server, hup) = (server.clone(), tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()));
+        tokio::spawn(async move { reload_on_sighup(server, path, echo, hup).await })
+    });
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let scheme = if server.state().options.tls.is_some() { "https" } else { "http" };
     // Tests and scripts wait for this line (and read the port from it when bridge.port is 0).
     println!("dreamos-bridge listening on {scheme}://{local}");
 
-    let reloader = config_path.map(|path| {
-        let server = server.clone();
-        tokio::spawn(async move { reload_on_sighup(server, path, echo).await })
-    });
-    let result = server.run(listener, shutdown_signal()).await;
+    let result = server.run(listener, shutdown).await;
     if let Some(r) = reloader {
         r.abort();
     }
@@ -218,22 +221,31 @@ async fn serve(config_path: Option<PathBuf>, log_format: LogFormat, echo: Vec<St
     }
 }
 
-async fn shutdown_signal() {
+/// Install the SIGTERM/SIGINT handlers now; the future completes on the
+/// first of them.
+fn shutdown_signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: draining"),
-        _ = int.recv() => tracing::info!("SIGINT: draining"),
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            tracing::error!("cannot install signal handlers; stop the server with SIGKILL");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+        }
     }
 }
 
 /// SIGHUP: load and validate the file; only a valid one replaces the bridge.
-async fn reload_on_sighup(server: Arc<Server>, path: PathBuf, echo: Vec<String>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+async fn reload_on_sighup(
+    server: Arc<Server>,
+    path: PathBuf,
+    echo: Vec<String>,
+    hup: std::io::Result<tokio::signal::unix::Signal>,
+) {
+    let Ok(mut hup) = hup else {
         tracing::error!("cannot install the SIGHUP handler; config reload is off");
         return;
     };
@@ -394,9 +406,10 @@ async fn echo_service(listen: SocketAddr) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let shutdown = shutdown_signal();
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     println!("echo service listening on http://{local}");
-    match axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await {
+    match axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

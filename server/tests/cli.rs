@@ -148,6 +148,19 @@ async fn route(url: &str, payload: serde_json::Value) -> (u16, serde_json::Value
     (r.status().as_u16(), r.json().await.unwrap())
 }
 
+/// The handlers are in place once "listening" is printed: a signal sent
+/// at once drains (exit 0) instead of killing the process.
+#[test]
+fn a_signal_right_after_the_listening_line_drains_cleanly() {
+    let cfg = tmp("early-signal.yaml", "bridge:\n  host: 127.0.0.1\n  port: 0\n");
+    for sig in ["TERM", "INT", "TERM", "INT", "TERM", "INT"] {
+        let mut served = spawn_serve(&cfg);
+        signal(&served.child, sig);
+        let status = served.child.wait().unwrap();
+        assert!(status.success(), "SIG{sig} right after start: {status}");
+    }
+}
+
 #[tokio::test]
 async fn sighup_with_a_bad_file_keeps_serving_and_a_good_one_reloads() {
     let cfg = tmp("reload.yaml", "bridge:\n  host: 127.0.0.1\n  port: 0\nlimits:\n  max_payload_bytes: 100000\n");
