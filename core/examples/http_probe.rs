@@ -1,7 +1,8 @@
 //! One side of the HTTP benchmark at a time, for profilers.
 //!
 //! `cargo bench --bench http` times the bridge against raw reqwest; this
-//! example runs only one of them (`raw` or `bridge`), so that a profiler
+//! example runs only one of them (`raw`, `raw-same` or `bridge`; `raw-same`
+//! sends what the bridge sends, as the benchmark's like-for-like peer does), so that a profiler
 //! sees one side. On a shared machine, instruction counts are the steady
 //! figure: run each side at two request counts under callgrind and take the
 //! difference, which cancels the set-up:
@@ -23,8 +24,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let side = args.next().unwrap_or_else(|| "bridge".into());
     let concurrency: usize = args.next().and_then(|c| c.parse().ok()).unwrap_or(32).max(1);
     let total: usize = args.next().and_then(|c| c.parse().ok()).unwrap_or(20_000);
-    if side != "raw" && side != "bridge" {
-        return Err("usage: http_probe raw|bridge [concurrency] [requests]".into());
+    if !["raw", "raw-same", "bridge"].contains(&side.as_str()) {
+        return Err("usage: http_probe raw|raw-same|bridge [concurrency] [requests]".into());
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     rt.block_on(async move {
@@ -39,7 +40,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         let bridge = BridgeManager::from_yaml(&yaml)?;
         bridge.initialize().await?;
-        let raw = reqwest::Client::builder().pool_max_idle_per_host(64).tcp_nodelay(true).build()?;
+        let raw = reqwest::Client::builder()
+            .pool_max_idle_per_host(64)
+            .tcp_nodelay(true)
+            .user_agent(concat!("dreamos-bridge/", env!("CARGO_PKG_VERSION")))
+            .build()?;
         let url = format!("http://{addr}/weather/current");
 
         let started = Instant::now();
@@ -55,7 +60,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                                 return Err("the bridge did not echo".to_string());
                             }
                         } else {
-                            let resp = raw.post(&url).json(&payload).send().await.map_err(|e| e.to_string())?;
+                            let mut req = raw.post(&url).json(&payload);
+                            if side == "raw-same" {
+                                let trace =
+                                    format!("00-{:032x}-{:016x}-01", rand::random::<u128>(), rand::random::<u64>());
+                                let key = uuid::Builder::from_random_bytes(rand::random()).into_uuid().to_string();
+                                req = req
+                                    .header("idempotency-key", key)
+                                    .header("traceparent", trace)
+                                    .header(reqwest::header::ACCEPT, "application/json, */*;q=0.5")
+                                    .timeout(std::time::Duration::from_secs(30));
+                            }
+                            let resp = req.send().await.map_err(|e| e.to_string())?;
                             let _: Value = resp.json().await.map_err(|e| e.to_string())?;
                         }
                     }

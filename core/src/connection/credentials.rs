@@ -116,16 +116,31 @@ impl Credentials {
         }
     }
 
-    /// Add the credentials to a request's headers, fetching a token if needed.
-    pub async fn apply(&self, headers: &mut HeaderMap, deadline: Instant) -> Result<(), CredentialError> {
+    /// Add the credentials to a request's headers without waiting: `false`
+    /// when an OAuth2 token must be fetched first (then call [`apply`](Self::apply)).
+    pub fn apply_now(&self, headers: &mut HeaderMap) -> bool {
         match self {
-            Credentials::None => {}
+            Credentials::None => true,
             Credentials::Static { name, value, .. } => {
                 headers.insert(name.clone(), value.clone());
+                true
             }
-            Credentials::OAuth2(o) => {
-                headers.insert(AUTHORIZATION, o.token(deadline).await?);
-            }
+            Credentials::OAuth2(o) => match o.fresh() {
+                Some(token) => {
+                    headers.insert(AUTHORIZATION, token);
+                    true
+                }
+                None => false,
+            },
+        }
+    }
+
+    /// Add the credentials to a request's headers, fetching a token if needed.
+    pub async fn apply(&self, headers: &mut HeaderMap, deadline: Instant) -> Result<(), CredentialError> {
+        if !self.apply_now(headers)
+            && let Credentials::OAuth2(o) = self
+        {
+            headers.insert(AUTHORIZATION, o.token(deadline).await?);
         }
         Ok(())
     }
