@@ -7,6 +7,7 @@ import {
   BridgeManager,
   RemoteBridge,
   type BridgeError,
+  type ConnectOptions,
   type Credentials,
   type DeadLetter,
   type ErrorCode,
@@ -98,10 +99,8 @@ export async function local(): Promise<void> {
 export async function remote(credentials: Credentials): Promise<void> {
   const bridge: RemoteBridge = await BridgeManager.connect('http://127.0.0.1:8000', credentials)
   const anonymous = await BridgeManager.connect('http://127.0.0.1:8000')
-  const tuned = await BridgeManager.connect('https://bridge.example:8443', null, {
-    timeout: 10,
-    caFile: 'ca.pem',
-  })
+  const options: ConnectOptions = { timeout: 10, caFile: 'ca.pem', maxConnections: 8 }
+  const tuned = await BridgeManager.connect('https://bridge.example:8443', null, options)
   const reply: Payload = await bridge.route('tools.search.web', { q: 'rust' }, { timeout: 10 })
   const id: string = await bridge.publish({ destination: 'events.audit', payload: { ok: true } })
   await bridge.registerRoute('agents.planner.>', async (msg: Message) => ({ plan: msg.payload }))
@@ -118,8 +117,10 @@ export async function remote(credentials: Credentials): Promise<void> {
   await tuned.close()
   void [reply, id, removed, patterns, token, url, closed, other, metrics, health]
 
-  // @ts-expect-error: connect options are {timeout, caFile}
+  // @ts-expect-error: connect options are {timeout, caFile, maxConnections}
   await BridgeManager.connect('http://127.0.0.1:8000', null, { retries: 3 })
+  // @ts-expect-error: maxConnections is a number
+  await BridgeManager.connect('http://127.0.0.1:8000', null, { maxConnections: '8' })
   // @ts-expect-error: a RemoteBridge's metrics are a Promise (they come from the server)
   const sync: Metrics = bridge.metrics()
   void sync

@@ -340,6 +340,7 @@ class BridgeManager(_native.BridgeBase):
         *,
         timeout: Optional[float] = None,
         ca_file: Optional[Union[str, os.PathLike[str]]] = None,
+        max_connections: Optional[int] = None,
     ) -> RemoteBridge:
         """Connect to a running ``dreamos-bridge serve`` at ``url`` instead of embedding the engine.
 
@@ -349,10 +350,13 @@ class BridgeManager(_native.BridgeBase):
         (default 10). ``ca_file``: a PEM file of CA certificates to trust
         beyond the built-in roots, for an ``https://`` server with a private or
         self-signed certificate (used by calls and by served routes alike).
-        Agents connected to one server share its rate limits, queues, pools
-        and metrics; see :class:`RemoteBridge`.
+        ``max_connections``: HTTP requests in flight to the server at once
+        (default 32); further calls wait for a free connection within their
+        own timeout. Keep the sum over the server's clients below its
+        ``bridge.max_connections``. Agents connected to one server share its
+        rate limits, queues, pools and metrics; see :class:`RemoteBridge`.
         """
-        return await RemoteBridge._connect(url, credentials, timeout, ca_file)
+        return await RemoteBridge._connect(url, credentials, timeout, ca_file, max_connections)
 
     # -- lifecycle ------------------------------------------------------------
 

@@ -188,6 +188,7 @@ class Remote:
         credentials: Optional[Mapping[str, str]] = None,
         timeout: Optional[float] = None,
         ca_file: Optional[Union[str, os.PathLike[str]]] = None,
+        max_connections: Optional[int] = None,
     ) -> asyncio.Future[Any]: ...
     @property
     def url(self) -> str: ...

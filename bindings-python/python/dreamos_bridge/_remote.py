@@ -67,9 +67,10 @@ class RemoteBridge:
         credentials: Optional[Mapping[str, str]],
         timeout: Optional[float],
         ca_file: Optional[Union[str, os.PathLike[str]]],
+        max_connections: Optional[int],
     ) -> RemoteBridge:
         creds = dict(credentials) if credentials is not None else None
-        native = await _wait(_native.Remote.connect(_completer(), url, creds, timeout, ca_file))
+        native = await _wait(_native.Remote.connect(_completer(), url, creds, timeout, ca_file, max_connections))
         self = cls.__new__(cls)
         self._n = native
         self._registrations = []
