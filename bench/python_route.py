@@ -28,7 +28,6 @@ import textwrap
 import time
 from typing import Any, Awaitable, Callable, Dict, List
 
-import dreamos_bridge as db
 from dreamos_bridge import BridgeManager
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "7"))
@@ -84,7 +83,7 @@ async def timed(fn: Callable[[], Awaitable[None]]) -> float:
     return statistics.median(times)
 
 
-async def timed_pair(ours: Callable[[], Awaitable[None]], peer: Callable[[], Awaitable[None]]) -> "tuple[float, float]":
+async def timed_pair(ours: Callable[[], Awaitable[None]], peer: Callable[[], Awaitable[None]]) -> tuple[float, float]:
     """Median times of `ours` and `peer`, rounds interleaved so that a change in
     the machine's load hits both alike."""
     a: List[float] = []
@@ -158,11 +157,11 @@ async def bench_rust_echo() -> None:
     c, batches = 1000, 10
     for dest, label in (("rust.echo", "sync Rust handler"), ("rust.aecho", "async Rust handler")):
 
-        async def ours() -> None:
+        async def ours(dest: str = dest) -> None:
             for _ in range(batches):
                 await asyncio.gather(*[bridge.route(dest, payload) for _ in range(c)])
 
-        async def naive() -> None:
+        async def naive(dest: str = dest) -> None:
             for _ in range(batches):
                 await asyncio.gather(*[bridge._n._route_naive(dest, payload) for _ in range(c)])
 
@@ -197,13 +196,17 @@ AIOHTTP_SERVER = textwrap.dedent(
 )
 
 
-def start_server(port: int, workdir: str) -> "tuple[subprocess.Popen[bytes], str]":
+def start_server(port: int, workdir: str) -> tuple[subprocess.Popen[bytes], str]:
     if os.access(SERVER_BIN, os.X_OK):
         cfg = os.path.join(workdir, "bench.yaml")
         with open(cfg, "w") as f:
-            f.write(f"bridge:\n  host: 127.0.0.1\n  port: {port}\n  queue_size: 100000\nmonitoring:\n  log_level: WARN\n")
+            f.write(
+                f"bridge:\n  host: 127.0.0.1\n  port: {port}\n  queue_size: 100000\nmonitoring:\n  log_level: WARN\n"
+            )
         cmd = [SERVER_BIN, "serve", "--config", cfg, "--echo", "bench.echo"]
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), "dreamos-bridge serve (Rust)"
+        return subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ), "dreamos-bridge serve (Rust)"
     cmd = [sys.executable, "-c", AIOHTTP_SERVER, str(port)]
     return subprocess.Popen(cmd), "aiohttp server (no release dreamos-bridge binary found)"
 

@@ -49,6 +49,20 @@ export interface Token {
 /** Credentials for authenticate(): an API key, or a JWT from the configured OIDC issuer. */
 export type Credentials = { api_key: string } | { token: string }
 
+/** Options of BridgeManager.connect(). */
+export interface ConnectOptions {
+  /** Seconds to wait for the server: connection and authentication (default 10). */
+  timeout?: number
+  /** A PEM file of CA certificates to trust beyond the built-in roots (a private or self-signed certificate). */
+  caFile?: string
+  /**
+   * HTTP requests in flight to the server at once, a positive integer (default 32). Further
+   * calls wait for a free connection within their own timeout. Keep the sum over a server's
+   * clients below its `bridge.max_connections`.
+   */
+  maxConnections?: number
+}
+
 /** The configuration, with the YAML key names (see docs/node.md and DESIGN.md section 7). */
 export interface BridgeConfig {
   bridge?: Record<string, unknown>

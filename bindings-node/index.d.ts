@@ -49,6 +49,20 @@ export interface Token {
 /** Credentials for authenticate(): an API key, or a JWT from the configured OIDC issuer. */
 export type Credentials = { api_key: string } | { token: string }
 
+/** Options of BridgeManager.connect(). */
+export interface ConnectOptions {
+  /** Seconds to wait for the server: connection and authentication (default 10). */
+  timeout?: number
+  /** A PEM file of CA certificates to trust beyond the built-in roots (a private or self-signed certificate). */
+  caFile?: string
+  /**
+   * HTTP requests in flight to the server at once, a positive integer (default 32). Further
+   * calls wait for a free connection within their own timeout. Keep the sum over a server's
+   * clients below its `bridge.max_connections`.
+   */
+  maxConnections?: number
+}
+
 /** The configuration, with the YAML key names (see docs/node.md and DESIGN.md section 7). */
 export interface BridgeConfig {
   bridge?: Record<string, unknown>
@@ -153,13 +167,14 @@ export declare class BridgeManager {
    * embedding the engine: a `RemoteBridge` with the same calls and errors.
    * `credentials` (`{api_key}` or `{token}` for an OIDC JWT) are exchanged
    * for a bridge token, renewed before it expires; omit them for a server
-   * without security. `options.timeout`: seconds to wait for the server
-   * (default 10); `options.caFile`: a PEM file of CA certificates to trust
-   * beyond the built-in roots (an `https://` server with a private or
-   * self-signed certificate). Agents connected to one server share its rate limits,
-   * queues, pools and metrics.
+   * without security. `options` (`ConnectOptions`): `timeout`, seconds to
+   * wait for the server (default 10); `caFile`, a PEM file of CA
+   * certificates to trust beyond the built-in roots (an `https://` server
+   * with a private or self-signed certificate); `maxConnections`, HTTP
+   * requests in flight to the server at once (default 32). Agents
+   * connected to one server share its rate limits, queues, pools and metrics.
    */
-  static connect(url: string, credentials?: Credentials | null, options?: { timeout?: number; caFile?: string }): Promise<RemoteBridge>
+  static connect(url: string, credentials?: Credentials | null, options?: ConnectOptions | null): Promise<RemoteBridge>
   /** Start the bridge; calls are refused with `SHUTDOWN` until this resolves. */
   initialize(): Promise<void>
   /**

@@ -47,8 +47,11 @@ async def main() -> None:
         @bridge.handler("tools.summarize")
         async def summarize(msg: Message) -> dict:
             text = msg.payload["text"]
-            return {"summary": text[:40] + ("..." if len(text) > 40 else ""), "words": len(text.split()),
-                    "asked_by": msg.source}
+            return {
+                "summary": text[:40] + ("..." if len(text) > 40 else ""),
+                "words": len(text.split()),
+                "asked_by": msg.source,
+            }
 
         audit_log: list = []
 

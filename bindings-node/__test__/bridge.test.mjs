@@ -164,7 +164,8 @@ test('plain JSON crosses as text exactly as the walk reads it (route(dest, paylo
     [{ f: 0.1 + 0.2, big: 2 ** 60, neg: -0, e: 1e-7, huge: 1e300 }, { f: 0.1 + 0.2, big: 2 ** 60, neg: 0, e: 1e-7, huge: 1e300 }],
     [{ s: 'quote " backslash \\ nl \n tab \t nul \u0000 é ✓ 😀 \u2028' }, null],
     [{ lone: 'a\ud800b', low: '\udc00' }, { lone: 'a\ufffdb', low: '\ufffd' }],
-    [[1, undefined, , 'x'], [1, null, null, 'x']],
+    // a hole at index 2 (a sparse array), written without the `[1, , 2]` literal
+    [Object.assign(new Array(4), { 0: 1, 1: undefined, 3: 'x' }), [1, null, null, 'x']],
     [{ a: undefined, b: [undefined], c: null }, { b: [null], c: null }],
     [Object.assign(Object.create(null), { k: 1 }), { k: 1 }],
     [{ __proto__: null, ['__proto__']: { polluted: true } }, null],

@@ -185,6 +185,65 @@ test('a JS handler registered remotely answers another agent', async () => {
   }
 })
 
+test('maxConnections bounds the calls the server handles at once', async () => {
+  const server = await startServer()
+  try {
+    const service = await BridgeManager.connect(server.url, { api_key: SERVICE })
+    let inFlight = 0
+    let peak = 0
+    const waiters = { pair: [], crowd: [] }
+    const wake = (name) => waiters[name].splice(0).forEach((w) => w())
+    // Resolves when `name` happens, or after `ms` (the waits only hold calls
+    // open; nothing below depends on how long they took).
+    const until = (name, ms) =>
+      new Promise((r) => {
+        waiters[name].push(r)
+        setTimeout(r, ms).unref()
+      })
+    let pairSeen = false
+    let crowdSeen = false
+    await service.registerRoute('ext.slow.>', async (msg) => {
+      inFlight++
+      peak = Math.max(peak, inFlight)
+      if (inFlight >= 2 && !pairSeen) {
+        pairSeen = true
+        wake('pair')
+      }
+      if (inFlight >= 3 && !crowdSeen) {
+        crowdSeen = true
+        wake('crowd')
+      }
+      try {
+        // A call waits for a second one (two at once must be allowed), then
+        // gives a third the chance to show up (it must not).
+        if (!pairSeen) await until('pair', 10_000)
+        if (!crowdSeen) await until('crowd', 200)
+        return msg.payload
+      } finally {
+        inFlight--
+      }
+    })
+
+    const agent = await BridgeManager.connect(server.url, { api_key: AGENT }, { maxConnections: 2 })
+    const replies = await Promise.all(Array.from({ length: 10 }, (_, i) => agent.route('ext.slow.n', i, { timeout: 60 })))
+    assert.deepEqual(
+      replies,
+      Array.from({ length: 10 }, (_, i) => i),
+    )
+    assert.equal(peak, 2, `${peak} calls reached the handler at once with maxConnections: 2`)
+
+    for (const bad of [0, -1, 2.5, '2', true, 2 ** 64]) {
+      const e = await rejection(BridgeManager.connect(server.url, { api_key: AGENT }, { maxConnections: bad }))
+      assert.equal(e.code, 'INVALID_MESSAGE', `maxConnections: ${bad}`)
+      assert.match(e.message, /options\.maxConnections must be a positive integer/)
+    }
+    await agent.close()
+    await service.close()
+  } finally {
+    await server.stop()
+  }
+})
+
 test('two agent processes share one server-side rate limit', async () => {
   const server = await startServer()
   try {

@@ -176,14 +176,15 @@ impl JsBridgeManager {
     /// embedding the engine: a `RemoteBridge` with the same calls and errors.
     /// `credentials` (`{api_key}` or `{token}` for an OIDC JWT) are exchanged
     /// for a bridge token, renewed before it expires; omit them for a server
-    /// without security. `options.timeout`: seconds to wait for the server
-    /// (default 10); `options.caFile`: a PEM file of CA certificates to trust
-    /// beyond the built-in roots (an `https://` server with a private or
-    /// self-signed certificate). Agents connected to one server share its rate limits,
-    /// queues, pools and metrics.
+    /// without security. `options` (`ConnectOptions`): `timeout`, seconds to
+    /// wait for the server (default 10); `caFile`, a PEM file of CA
+    /// certificates to trust beyond the built-in roots (an `https://` server
+    /// with a private or self-signed certificate); `maxConnections`, HTTP
+    /// requests in flight to the server at once (default 32). Agents
+    /// connected to one server share its rate limits, queues, pools and metrics.
     #[napi(
         catch_unwind,
-        ts_args_type = "url: string, credentials?: Credentials | null, options?: { timeout?: number; caFile?: string }",
+        ts_args_type = "url: string, credentials?: Credentials | null, options?: ConnectOptions | null",
         ts_return_type = "Promise<RemoteBridge>"
     )]
     pub fn connect<'e>(

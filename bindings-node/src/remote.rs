@@ -52,6 +52,15 @@ pub(crate) fn connect<'e>(
                     .ok_or_else(|| BridgeError::invalid("options.timeout must be seconds (a number above 0)"))?;
                 opts.connect_timeout = seconds(secs)?;
             }
+            let n = convert::get_named(e, o, "maxConnections").map_err(|c| c.into_bridge("options.maxConnections"))?;
+            if !convert::is_nullish(e, n) {
+                opts.max_connections = convert::to_json(e, n, 1)
+                    .ok()
+                    .and_then(|v| v.as_u64())
+                    .filter(|n| *n > 0)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| BridgeError::invalid("options.maxConnections must be a positive integer"))?;
+            }
             let ca = convert::get_named(e, o, "caFile").map_err(|c| c.into_bridge("options.caFile"))?;
             if !convert::is_nullish(e, ca) {
                 match convert::to_json(e, ca, 1) {

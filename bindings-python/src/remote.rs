@@ -22,7 +22,7 @@ use dreamos_bridge_client::{ClientOptions, RemoteBridge};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
 
 use crate::completer::{Abort, Completer, make_result};
 use crate::convert::{payload_to_py, py_to_payload, py_to_value, value_to_py};
@@ -95,6 +95,17 @@ fn seconds_arg(py: Python<'_>, what: &str, t: Option<&Bound<'_, PyAny>>) -> PyRe
     }
 }
 
+/// A positive count such as `max_connections` (an int, not a bool or float).
+fn count_arg(py: Python<'_>, what: &str, n: Option<&Bound<'_, PyAny>>) -> PyResult<Option<usize>> {
+    let Some(n) = n.filter(|n| !n.is_none()) else { return Ok(None) };
+    let count =
+        if n.is_instance_of::<PyInt>() && !n.is_instance_of::<PyBool>() { n.extract::<usize>().ok() } else { None };
+    match count {
+        Some(c) if c > 0 => Ok(Some(c)),
+        _ => Err(invalid(py, format!("{what} must be a positive integer, not {}", n.repr()?))),
+    }
+}
+
 fn credentials_arg(py: Python<'_>, credentials: &Bound<'_, PyAny>) -> PyResult<Credentials> {
     let v = py_to_value(credentials, 1, 8)
         .map_err(|e| to_pyerr(py, &BridgeError::unauthenticated(format!("credentials: {}", e.message()))))?;
@@ -146,7 +157,7 @@ impl PyRemote {
 impl PyRemote {
     /// Connect and authenticate; handlers registered later default to the caller's loop.
     #[staticmethod]
-    #[pyo3(signature = (completer, url, credentials = None, timeout = None, ca_file = None))]
+    #[pyo3(signature = (completer, url, credentials = None, timeout = None, ca_file = None, max_connections = None))]
     fn connect(
         py: Python<'_>,
         completer: &Bound<'_, Completer>,
@@ -154,6 +165,7 @@ impl PyRemote {
         credentials: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
         ca_file: Option<std::path::PathBuf>,
+        max_connections: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         guard(py, || {
             let creds = match credentials.filter(|c| !c.is_none()) {
@@ -163,6 +175,9 @@ impl PyRemote {
             let mut opts = ClientOptions::default();
             if let Some(t) = seconds_arg(py, "timeout", timeout)? {
                 opts.connect_timeout = t;
+            }
+            if let Some(n) = count_arg(py, "max_connections", max_connections)? {
+                opts.max_connections = n;
             }
             opts.ca_file = ca_file;
             let c = completer.get();

@@ -26,6 +26,8 @@ def _watchdog() -> Any:
     faulthandler.dump_traceback_later(TEST_WATCHDOG_SECONDS, exit=True, file=sys.stderr)
     yield
     faulthandler.cancel_dump_traceback_later()
+
+
 ADMIN_KEY = "dk_test_admin_0123456789"
 
 

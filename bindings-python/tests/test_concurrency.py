@@ -138,7 +138,7 @@ async def test_cross_thread_loops() -> None:
     await asyncio.get_running_loop().run_in_executor(None, lambda: [t.join(30) for t in threads])
     assert not errors, errors
     idents = {k: results[k][0] for k in results}
-    for k, (_, out) in results.items():
+    for _, out in results.values():
         for r in out:
             # every handler ran on its own loop's thread
             assert r["thread"] == idents[r["host"]]

@@ -186,7 +186,6 @@ def test_outside_a_running_loop_route_returns_a_coroutine() -> None:
 async def test_kept_messages_and_results_survive_later_calls(bridge: BridgeManager) -> None:
     """Messages and finished futures reuse freed memory: one still referenced is never reused."""
     import gc
-    import weakref
 
     kept: List[Message] = []
 

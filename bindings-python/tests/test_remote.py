@@ -8,6 +8,7 @@ reads the port from its `listening on` line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -244,6 +245,55 @@ async def test_handler_cancellation_racing_its_completion_keeps_the_bridge_worki
     assert await agent.route("ext.race.x", 0) == 0
     await agent.close()
     await service.close()
+
+
+async def test_max_connections_bounds_the_calls_the_server_handles_at_once(server: Server) -> None:
+    """connect(max_connections=2): ten routes at once all complete, and the
+    handler (served by another client) never runs more than two of them."""
+    service = await BridgeManager.connect(server.url, {"api_key": SERVICE})
+    in_flight = peak = 0
+    pair, crowd = asyncio.Event(), asyncio.Event()
+
+    async def slow(msg: Message) -> Any:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        if in_flight >= 2:
+            pair.set()
+        if in_flight >= 3:
+            crowd.set()
+        try:
+            # A call waits for a second one (two at once must be allowed), then
+            # gives a third the chance to show up (it must not). The waits only
+            # hold calls open; nothing below depends on how long they took.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(pair.wait(), 10)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(crowd.wait(), 0.2)
+            return msg.payload
+        finally:
+            in_flight -= 1
+
+    await service.register_route("ext.slow.>", slow)
+    await service.wait_routes()
+    agent = await BridgeManager.connect(server.url, {"api_key": AGENT}, max_connections=2)
+    replies = await asyncio.gather(*(agent.route("ext.slow.n", i, timeout=60) for i in range(10)))
+    assert replies == list(range(10))
+    assert peak == 2, f"{peak} calls reached the handler at once with max_connections=2"
+    await agent.close()
+    await service.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, "2", True, 2**70])
+async def test_max_connections_must_be_a_positive_integer(server: Server, bad: Any) -> None:
+    with pytest.raises(db.InvalidMessageError, match="max_connections must be a positive integer"):
+        await BridgeManager.connect(server.url, {"api_key": AGENT}, max_connections=bad)
+
+
+@pytest.mark.skipif(sys.maxsize < 2**62, reason="2**62 is not a usize here (InvalidMessageError, tested above)")
+async def test_max_connections_beyond_what_the_client_can_count_is_a_config_error(server: Server) -> None:
+    with pytest.raises(db.ConfigError, match="max_connections"):
+        await BridgeManager.connect(server.url, {"api_key": AGENT}, max_connections=2**62)
 
 
 AGENT_SCRIPT = """

@@ -82,6 +82,13 @@ impl Api {
         if opts.max_connections == 0 {
             return Err(BridgeError::config("max_connections", "must be at least 1"));
         }
+        // Semaphore::new panics above its limit; a binding passes user input here.
+        if opts.max_connections > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(BridgeError::config(
+                "max_connections",
+                format!("must be at most {}", tokio::sync::Semaphore::MAX_PERMITS),
+            ));
+        }
         let http = builder
             .connect_timeout(opts.connect_timeout)
             .pool_max_idle_per_host(opts.pool_max_idle_per_host)

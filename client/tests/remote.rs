@@ -434,4 +434,10 @@ async fn calls_beyond_max_connections_wait_for_a_free_connection_within_their_de
         panic!("max_connections 0 was accepted");
     };
     assert_eq!(e.code(), ErrorCode::Config, "{e}");
+    // So is one beyond what a semaphore can count (a panic before the check).
+    let huge = ClientOptions { max_connections: usize::MAX, ..ClientOptions::default() };
+    let Err(e) = RemoteBridge::connect(&s.url, &Credentials::ApiKey(AGENT.into()), huge).await else {
+        panic!("max_connections usize::MAX was accepted");
+    };
+    assert_eq!(e.code(), ErrorCode::Config, "{e}");
 }

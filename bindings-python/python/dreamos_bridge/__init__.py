@@ -54,6 +54,7 @@ from ._native import Message, Token
 __all__ = [
     "BridgeManager",
     "RemoteBridge",
+    "Registration",
     "Message",
     "Token",
     "BridgeError",
@@ -107,7 +108,7 @@ def _dispatch(func: Handler, msg: Message, resolver: Any) -> None:
 # registered with loop.add_reader through which tokio threads hand back
 # results in batches.
 
-_completers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+_completers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
 _completers_lock = threading.Lock()
 
 
@@ -118,7 +119,7 @@ class _NoLoop:
 class _Local(threading.local):
     # (loop, completer): the loop this thread used last. Only loops with
     # asyncio's `_thread_id` (BaseEventLoop) are cached; others take the slow path.
-    pair: "tuple[Any, Any]" = (_NoLoop, None)
+    pair: tuple[Any, Any] = (_NoLoop, None)
 
 
 _tls = _Local()
@@ -178,14 +179,14 @@ class _Awaitable(Coroutine[Any, Any, Any]):
     __slots__ = ()
 
     def send(self, value: Any) -> Any:
-        fut: "asyncio.Future[Any]" = self  # type: ignore[assignment]
+        fut: asyncio.Future[Any] = self  # type: ignore[assignment]
         if fut.done():
             raise StopIteration(fut.result())
         fut._asyncio_future_blocking = True
         return fut
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        fut: "asyncio.Future[Any]" = self  # type: ignore[assignment]
+        fut: asyncio.Future[Any] = self  # type: ignore[assignment]
         fut.cancel()
         if val is None:
             raise typ
@@ -288,7 +289,7 @@ def _suspended(d: Any) -> Any:
 
 
 async def _route_later(
-    bridge: "BridgeManager",
+    bridge: BridgeManager,
     destination: Union[str, Message],
     payload: Payload,
     token: Optional[TokenLike],
@@ -318,14 +319,14 @@ class BridgeManager(_native.BridgeBase):
         self._init_native(config)
 
     @classmethod
-    def from_yaml(cls, text: str) -> "BridgeManager":
+    def from_yaml(cls, text: str) -> BridgeManager:
         """Build from YAML text (``${VAR}`` expands from the environment)."""
         self = cls.__new__(cls)
         self._init_native(None, _native.Bridge.from_yaml(text))
         return self
 
     @classmethod
-    def from_file(cls, path: Union[str, "os.PathLike[str]"]) -> "BridgeManager":
+    def from_file(cls, path: Union[str, os.PathLike[str]]) -> BridgeManager:
         """Build from a YAML file."""
         self = cls.__new__(cls)
         self._init_native(None, _native.Bridge.from_file(os.fspath(path)))
@@ -338,8 +339,9 @@ class BridgeManager(_native.BridgeBase):
         credentials: Optional[Mapping[str, str]] = None,
         *,
         timeout: Optional[float] = None,
-        ca_file: Optional[Union[str, "os.PathLike[str]"]] = None,
-    ) -> "RemoteBridge":
+        ca_file: Optional[Union[str, os.PathLike[str]]] = None,
+        max_connections: Optional[int] = None,
+    ) -> RemoteBridge:
         """Connect to a running ``dreamos-bridge serve`` at ``url`` instead of embedding the engine.
 
         ``credentials`` (``{"api_key": ...}`` or ``{"token": <OIDC JWT>}``) are
@@ -348,10 +350,13 @@ class BridgeManager(_native.BridgeBase):
         (default 10). ``ca_file``: a PEM file of CA certificates to trust
         beyond the built-in roots, for an ``https://`` server with a private or
         self-signed certificate (used by calls and by served routes alike).
-        Agents connected to one server share its rate limits, queues, pools
-        and metrics; see :class:`RemoteBridge`.
+        ``max_connections``: HTTP requests in flight to the server at once
+        (default 32); further calls wait for a free connection within their
+        own timeout. Keep the sum over the server's clients below its
+        ``bridge.max_connections``. Agents connected to one server share its
+        rate limits, queues, pools and metrics; see :class:`RemoteBridge`.
         """
-        return await RemoteBridge._connect(url, credentials, timeout, ca_file)
+        return await RemoteBridge._connect(url, credentials, timeout, ca_file, max_connections)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -368,7 +373,7 @@ class BridgeManager(_native.BridgeBase):
         """Is the bridge admitting messages?"""
         return bool(self._n.is_running())
 
-    async def __aenter__(self) -> "BridgeManager":
+    async def __aenter__(self) -> BridgeManager:
         await self.initialize()
         return self
 

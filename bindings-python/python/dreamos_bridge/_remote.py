@@ -66,10 +66,11 @@ class RemoteBridge:
         url: str,
         credentials: Optional[Mapping[str, str]],
         timeout: Optional[float],
-        ca_file: Optional[Union[str, "os.PathLike[str]"]],
-    ) -> "RemoteBridge":
+        ca_file: Optional[Union[str, os.PathLike[str]]],
+        max_connections: Optional[int],
+    ) -> RemoteBridge:
         creds = dict(credentials) if credentials is not None else None
-        native = await _wait(_native.Remote.connect(_completer(), url, creds, timeout, ca_file))
+        native = await _wait(_native.Remote.connect(_completer(), url, creds, timeout, ca_file, max_connections))
         self = cls.__new__(cls)
         self._n = native
         self._registrations = []
@@ -176,7 +177,7 @@ class RemoteBridge:
         """Stop serving routes; further calls raise ``ShutdownError``."""
         self._n.close()
 
-    async def __aenter__(self) -> "RemoteBridge":
+    async def __aenter__(self) -> RemoteBridge:
         return self
 
     async def __aexit__(
