@@ -366,7 +366,8 @@ async fn route(State(state): State<Arc<AppState>>, req: Request) -> Response {
 }
 
 /// `POST /v1/route`: the message in the body routed, its reply as
-/// `{"payload": ...}`.
+/// `{"payload": ...}`. Generic over the body so the listener can call it
+/// without the router (see [`crate::dispatch`]).
 pub(crate) async fn route_request<B>(state: &AppState, req: axum::http::Request<B>) -> Response
 where
     B: HttpBody<Data = Bytes> + Unpin,
