@@ -6,22 +6,23 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::poll_fn;
+use std::pin::Pin;
+
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::{Bytes, HttpBody};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use dreamos_bridge::{Action, BridgeError, BridgeManager, CallOptions, Credentials, ErrorCode, Message, Payload};
 use serde_json::{Value, json};
 use tower_http::cors::{AllowOrigin, CorsLayer};
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::signing;
-use crate::state::AppState;
+use crate::state::{AppState, ServerOptions};
 use crate::ws::payload_from_json;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -63,8 +64,12 @@ pub mod resources {
 }
 
 /// The application router (without the connection-level limits).
+///
+/// Request bodies are read by the handlers themselves ([`read_body`]: the
+/// size limit and the body read timeout), not by router layers: a layer's
+/// timer is armed and disarmed for every body frame, and the handlers that
+/// take no body would pay for the layers too.
 pub fn router(state: Arc<AppState>) -> Router {
-    let body_limit = state.options.body_limit;
     let router = Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
@@ -81,9 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/dashboard/app.js", get(|| async { static_file("text/javascript; charset=utf-8", DASHBOARD_JS) }))
         .route("/dashboard/app.css", get(|| async { static_file("text/css; charset=utf-8", DASHBOARD_CSS) }))
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(RequestBodyTimeoutLayer::new(state.options.body_read_timeout));
+        .method_not_allowed_fallback(method_not_allowed);
     // Without allowed origins there is nothing for CORS to allow: a browser
     // refuses the cross-origin call without the layer just as it does with
     // an empty list, and no request pays for the layer's `Vary` headers.
@@ -140,25 +143,69 @@ fn bearer(headers: &HeaderMap) -> ApiResult<Option<String>> {
 }
 
 /// The request body as JSON; an oversize body is 413, bad JSON 400.
-fn json_body(body: Result<Bytes, BytesRejection>) -> ApiResult<Value> {
-    let bytes = body_bytes(body)?;
+async fn json_body(
+    body: impl HttpBody<Data = Bytes, Error = axum::Error> + Unpin,
+    options: &ServerOptions,
+) -> ApiResult<Value> {
+    let bytes = read_body(body, options).await?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::invalid(format!("the request body is not valid JSON: {e}")))
 }
 
-/// The request body; an oversize body is 413.
-fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
-    body.map_err(|rej| {
-        let status = rej.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::with_status(
+/// Read a request body within the server's limits: over
+/// `options.body_limit` bytes is 413, a body that has not fully arrived
+/// `options.body_read_timeout` after the handler started reading it is 400.
+///
+/// The timer is only armed when the body is not already there on the first
+/// poll (`tokio::time::timeout` polls the read before its deadline), and
+/// one body that arrives in one piece is used as is, without a copy.
+pub(crate) async fn read_body<B>(body: B, options: &ServerOptions) -> ApiResult<Bytes>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let wait = options.body_read_timeout;
+    match tokio::time::timeout(wait, collect_body(body, options.body_limit)).await {
+        Ok(read) => read,
+        Err(_) => Err(ApiError::invalid(format!(
+            "the request body did not arrive within {} s of the request head: send it without pauses",
+            wait.as_secs_f64()
+        ))),
+    }
+}
+
+/// All data frames of `body` (trailers are ignored), at most `limit` bytes.
+async fn collect_body<B>(mut body: B, limit: usize) -> ApiResult<Bytes>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    while let Some(frame) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let frame = frame.map_err(|e| ApiError::invalid(format!("could not read the request body: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        len = len.saturating_add(data.len());
+        if len > limit {
+            return Err(ApiError::with_status(
                 BridgeError::invalid(
                     "the request body is larger than the limit (limits.max_payload_bytes plus 64 KiB)",
                 ),
-                status,
-            )
-        } else {
-            ApiError::invalid(format!("could not read the request body: {}", rej.body_text()))
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ));
         }
+        if first.is_none() && joined.is_empty() {
+            first = Some(data);
+        } else {
+            if let Some(f) = first.take() {
+                joined.extend_from_slice(&f);
+            }
+            joined.extend_from_slice(&data);
+        }
+    }
+    Ok(match first {
+        Some(only) => only,
+        None => Bytes::from(joined),
     })
 }
 
@@ -207,8 +254,8 @@ async fn metrics_json(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
     Ok(axum::Json(state.bridge().metrics()).into_response())
 }
 
-async fn auth_token(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
-    let creds = json_body(body)?;
+async fn auth_token(State(state): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
+    let creds = json_body(req.into_body(), &state.options).await?;
     let creds = Credentials::from_json(&creds)?;
     let token = state.bridge().authenticate(&creds)?;
     Ok(axum::Json(json!({
@@ -246,14 +293,9 @@ const MESSAGE_SHAPE: &str = "expected a JSON object {\"destination\": subject st
 
 /// A `/v1/route` or `/v1/publish` body as a message and call options, its
 /// signature checked (see [`crate::signing`]).
-fn message_request(
-    bridge: &BridgeManager,
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<(Message, CallOptions)> {
+fn message_request(bridge: &BridgeManager, headers: &HeaderMap, bytes: &[u8]) -> ApiResult<(Message, CallOptions)> {
     let token = bearer(headers)?;
-    let bytes = body_bytes(body)?;
-    let body: MessageBody = serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+    let body: MessageBody = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => {
             ApiError::invalid(format!("the body is not a valid message ({e}): {MESSAGE_SHAPE}"))
         }
@@ -319,37 +361,56 @@ fn reply_response(reply: &Payload) -> Response {
     resp
 }
 
-async fn route(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let bridge = state.bridge();
-    let (msg, opts) = message_request(&bridge, &headers, body)?;
-    // Boxed once here: the delivery future is large, and unboxed it would be
-    // copied into every future the router wraps around this handler.
-    let reply = Box::pin(bridge.route(msg, opts)).await?;
-    Ok(reply_response(&reply))
+async fn route(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    route_request(&state, req).await
 }
 
-async fn publish(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    let bridge = state.bridge();
-    let (msg, opts) = message_request(&bridge, &headers, body)?;
-    let id = bridge.publish(msg, opts).await?;
-    Ok((StatusCode::ACCEPTED, axum::Json(json!({ "id": id.to_string() }))).into_response())
+/// `POST /v1/route`: the message in the body routed, its reply as
+/// `{"payload": ...}`. Generic over the body so the listener can call it
+/// without the router (see [`crate::dispatch`]).
+pub(crate) async fn route_request<B>(state: &AppState, req: axum::http::Request<B>) -> Response
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (parts, body) = req.into_parts();
+    let result = async {
+        let bytes = read_body(body, &state.options).await?;
+        let bridge = state.bridge();
+        let (msg, opts) = message_request(&bridge, &parts.headers, &bytes)?;
+        // Boxed once here: the delivery future is large, and unboxed it would
+        // be copied into every future wrapped around this one.
+        let reply = Box::pin(bridge.route(msg, opts)).await?;
+        Ok::<_, ApiError>(reply_response(&reply))
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn revoke(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> ApiResult<Response> {
-    require_admin(&state, &headers, resources::TOKENS)?;
-    let body = json_body(body)?;
+async fn publish(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    publish_request(&state, req).await
+}
+
+/// `POST /v1/publish`: the message in the body published, 202 with its id.
+pub(crate) async fn publish_request<B>(state: &AppState, req: axum::http::Request<B>) -> Response
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (parts, body) = req.into_parts();
+    let result = async {
+        let bytes = read_body(body, &state.options).await?;
+        let bridge = state.bridge();
+        let (msg, opts) = message_request(&bridge, &parts.headers, &bytes)?;
+        let id = bridge.publish(msg, opts).await?;
+        Ok::<_, ApiError>((StatusCode::ACCEPTED, axum::Json(json!({ "id": id.to_string() }))).into_response())
+    };
+    result.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn revoke(State(state): State<Arc<AppState>>, req: Request) -> ApiResult<Response> {
+    let (parts, body) = req.into_parts();
+    require_admin(&state, &parts.headers, resources::TOKENS)?;
+    let body = json_body(body, &state.options).await?;
     let token = body
         .get("token")
         .and_then(Value::as_str)

@@ -12,12 +12,12 @@ use dreamos_bridge::{BridgeConfig, BridgeError, BridgeManager, ErrorCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::dispatch::ApiService;
 use crate::hub::ServiceHub;
 use crate::state::{AppState, ServerOptions};
 
@@ -96,7 +96,7 @@ impl Server {
         check_exposure(addr, bridge.config())?;
         bridge.initialize().await?;
         let opts = &self.state.options;
-        let app = self.router();
+        let app = ApiService::new(self.state.clone(), self.router());
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(opts.max_connections));
         let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
@@ -125,7 +125,7 @@ impl Server {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let service = TowerToHyperService::new(app.clone());
+            let service = app.clone();
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();

@@ -236,6 +236,18 @@ async fn cors_preflight_allows_only_configured_origins() {
     // A near miss is not a match.
     let refused = preflight("https://app.example.com.evil.com").await.unwrap();
     assert!(refused.headers().get("access-control-allow-origin").is_none());
+    // The message endpoints answer through the CORS layer too.
+    for path in ["/v1/route", "/v1/publish"] {
+        let r = c
+            .post(format!("{}{path}", s.url))
+            .header("Origin", "https://app.example.com")
+            .json(&json!({"destination": "agents.echo", "payload": 1}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        assert_eq!(r.headers().get("access-control-allow-origin").unwrap(), "https://app.example.com", "{path}");
+    }
 }
 
 #[tokio::test]
@@ -259,12 +271,60 @@ async fn slow_headers_are_cut_off() {
 #[tokio::test]
 async fn slow_bodies_are_cut_off() {
     let s = TestServer::start_with(LOCAL, echo, |o| o.body_read_timeout = Duration::from_millis(300)).await;
-    let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
-    sock.write_all(b"POST /v1/route HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"dest").await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(20), sock.read(&mut buf)).await.expect("an answer").unwrap();
-    let text = String::from_utf8_lossy(&buf[..n]);
-    assert!(text.starts_with("HTTP/1.1 400") || text.starts_with("HTTP/1.1 408"), "{text}");
+    // Every endpoint that reads a body cuts a slow one off, not only the message endpoints.
+    for path in ["/v1/route", "/v1/publish", "/v1/auth/token"] {
+        let mut sock = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{\"dest");
+        sock.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(20), sock.read(&mut buf)).await.expect("an answer").unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 400"), "{path}: {text}");
+        assert!(text.contains("did not arrive within"), "{path}: {text}");
+    }
+}
+
+/// Send `chunks` as a chunked request body to `path`, each chunk written
+/// (and flushed) on its own after a pause, so that the server reads them
+/// as separate body frames; returns the status line and the body.
+async fn chunked_post(addr: std::net::SocketAddr, path: &str, chunks: &[&[u8]]) -> (String, String) {
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.set_nodelay(true).unwrap();
+    let head = format!("POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    sock.write_all(head.as_bytes()).await.unwrap();
+    for chunk in chunks {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(chunk);
+        frame.extend_from_slice(b"\r\n");
+        // The server may answer (413) and close before the last chunks: later writes may fail.
+        if sock.write_all(&frame).await.is_err() {
+            break;
+        }
+    }
+    let _ = sock.write_all(b"0\r\n\r\n").await;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), sock.read_to_end(&mut buf)).await.expect("an answer").unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn bodies_in_several_frames_are_joined_and_limited() {
+    let yaml = format!("{LOCAL}limits:\n  max_payload_bytes: 1000\n");
+    let s = TestServer::start(&yaml, echo).await;
+    let (status, body) =
+        chunked_post(s.addr, "/v1/route", &[b"{\"destination\": \"agents.", b"echo\", \"payload\": ", b"[1, 2]}"])
+            .await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status} {body}");
+    assert!(body.contains(r#"{"payload":[1,2]}"#), "{body}");
+    // The limit (max_payload_bytes + 64 KiB of envelope) counts every frame.
+    let filler = vec![b' '; 30_000];
+    let (status, body) = chunked_post(s.addr, "/v1/route", &[b"{", &filler, &filler, &filler, b"}"]).await;
+    assert!(status.starts_with("HTTP/1.1 413"), "{status} {body}");
+    assert!(body.contains("INVALID_MESSAGE"), "{body}");
 }
 
 #[tokio::test]
