@@ -99,6 +99,13 @@ impl Server {
         let app = ApiService::new(self.state.clone(), self.router());
         let graceful = GracefulShutdown::new();
         let slots = Arc::new(Semaphore::new(opts.max_connections));
+        // Refusing politely (a 503 after the request head) holds the socket
+        // for up to a few seconds; a flood over the limit must not turn into
+        // that many descriptors held, so past this many refusals in progress
+        // a connection is closed at once.
+        let refusals = Arc::new(Semaphore::new(REFUSALS_IN_PROGRESS));
+        let mut refused_since_warning = 0u64;
+        let mut last_warning: Option<std::time::Instant> = None;
         let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
         builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout).keep_alive(true);
         let builder = Arc::new(builder);
@@ -120,8 +127,24 @@ impl Server {
                 },
             };
             let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max = opts.max_connections, "connection limit reached (bridge.max_connections); refusing");
-                tokio::spawn(refuse(stream, tls.is_some()));
+                // One warning a second at most: a flood must not flood the log too.
+                refused_since_warning += 1;
+                if last_warning.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(1)) {
+                    tracing::warn!(%peer, max = opts.max_connections, refused = refused_since_warning,
+                        "connection limit reached (bridge.max_connections); refusing");
+                    refused_since_warning = 0;
+                    last_warning = Some(std::time::Instant::now());
+                }
+                match refusals.clone().try_acquire_owned() {
+                    Ok(refusing) => {
+                        let tls = tls.is_some();
+                        tokio::spawn(async move {
+                            let _refusing = refusing;
+                            refuse(stream, tls).await;
+                        });
+                    }
+                    Err(_) => drop(stream),
+                }
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -205,6 +228,10 @@ async fn refuse(mut stream: TcpStream, tls: bool) {
         .await;
     }
 }
+
+/// Refused connections answered with a 503 at the same time; more are closed
+/// without an answer.
+const REFUSALS_IN_PROGRESS: usize = 64;
 
 /// How long a refused connection may take to send its request head.
 const REFUSE_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(1);

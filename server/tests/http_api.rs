@@ -375,6 +375,36 @@ async fn connection_limit_refuses_extra_clients() {
     assert!(ok);
 }
 
+/// A flood of connections over the limit: at most 64 are answered with the
+/// 503 at a time (each holds its socket for a second or two), the rest are
+/// closed at once instead of piling up as open descriptors.
+#[tokio::test]
+async fn a_flood_over_the_limit_is_closed_without_holding_sockets() {
+    let yaml = "bridge:\n  host: 127.0.0.1\n  port: 0\n  max_connections: 1\n";
+    let s = TestServer::start(yaml, echo).await;
+    let mut held = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    held.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 12];
+    held.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    // Silent clients: each refusal waits for a request head that never comes.
+    let mut flood = Vec::new();
+    for _ in 0..100 {
+        flood.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
+    }
+    let answers = futures_util::future::join_all(flood.into_iter().map(|mut sock| async move {
+        let mut buf = Vec::new();
+        let _ = sock.read_to_end(&mut buf).await;
+        String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 503")
+    }))
+    .await;
+    let with_503 = answers.iter().filter(|a| **a).count();
+    assert!(with_503 >= 1, "the first refusals are answered");
+    assert!(with_503 <= 64, "{with_503} refusals answered at once");
+    assert!(answers.len() - with_503 >= 36, "the rest are closed at once");
+    drop(held);
+}
+
 #[tokio::test]
 async fn openapi_lists_every_route() {
     let s = TestServer::start(LOCAL, echo).await;
