@@ -27,7 +27,7 @@ use futures_util::FutureExt;
 use parking_lot::Mutex;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString};
 
 use crate::capi::{Step, send_none, str_of};
 use crate::completer::{Abort, Completer, is_awaitable, is_coroutine, make_result, ready};
@@ -145,14 +145,14 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
     obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
 }
 
-/// `timeout=` in seconds (None: the route's or the bridge's default).
-fn timeout_arg(py: Python<'_>, timeout: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
-    let Some(t) = timeout.filter(|t| !t.is_none()) else { return Ok(None) };
-    let secs =
-        if t.is_instance_of::<PyFloat>() || t.is_instance_of::<PyInt>() { t.extract::<f64>().ok() } else { None };
-    match secs {
+/// A duration in seconds such as `timeout=` (None: the default): a
+/// positive int or float, not a bool.
+pub(crate) fn seconds_arg(py: Python<'_>, what: &str, t: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
+    let Some(t) = t.filter(|t| !t.is_none()) else { return Ok(None) };
+    let number = (t.is_instance_of::<PyFloat>() || t.is_instance_of::<PyInt>()) && !t.is_instance_of::<PyBool>();
+    match number.then(|| t.extract::<f64>().ok()).flatten() {
         Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
-        _ => Err(invalid(py, format!("timeout must be a positive number of seconds, not {}", t.repr()?))),
+        _ => Err(invalid(py, format!("{what} must be a positive number of seconds, not {}", t.repr()?))),
     }
 }
 
@@ -257,7 +257,7 @@ impl PyBridge {
     ) -> PyResult<Py<PyAny>> {
         self.check(py)?;
         let (msg, obj) = self.envelope(py, destination, payload, headers)?;
-        let opts = CallOptions { token: token_arg(py, token)?, timeout: timeout_arg(py, timeout)? };
+        let opts = CallOptions { token: token_arg(py, token)?, timeout: seconds_arg(py, "timeout", timeout)? };
         // The payload object is validated where it is; it is converted only
         // if the engine delivers it (not for a Python handler on this loop).
         let mut call = self

@@ -14,7 +14,6 @@
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Duration;
 
 use dreamos_bridge::message::Limits;
 use dreamos_bridge::{BridgeError, CallOptions, Credentials, Payload};
@@ -22,8 +21,9 @@ use dreamos_bridge_client::{ClientOptions, RemoteBridge};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyInt, PyString};
 
+use crate::bridge::seconds_arg;
 use crate::completer::{Abort, Completer, make_result};
 use crate::convert::{payload_to_py, py_to_payload, py_to_value, value_to_py};
 use crate::errors::{guard, to_pyerr};
@@ -82,17 +82,6 @@ fn conv_token(py: Python<'_>, t: dreamos_bridge::Token) -> PyResult<Py<PyAny>> {
 
 fn invalid(py: Python<'_>, msg: impl Into<String>) -> PyErr {
     to_pyerr(py, &BridgeError::invalid(msg))
-}
-
-/// Seconds as a `Duration` (None passes through).
-fn seconds_arg(py: Python<'_>, what: &str, t: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Duration>> {
-    let Some(t) = t.filter(|t| !t.is_none()) else { return Ok(None) };
-    let secs =
-        if t.is_instance_of::<PyFloat>() || t.is_instance_of::<PyInt>() { t.extract::<f64>().ok() } else { None };
-    match secs {
-        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
-        _ => Err(invalid(py, format!("{what} must be a positive number of seconds, not {}", t.repr()?))),
-    }
 }
 
 /// A positive count such as `max_connections` (an int, not a bool or float).

@@ -206,6 +206,14 @@ async def test_handler_reply_must_be_json(bridge: BridgeManager) -> None:
         await bridge.route("agents.bad")
 
 
+@pytest.mark.parametrize("bad", [0, -1.5, True, "1", float("nan")])
+async def test_timeout_must_be_a_positive_number_of_seconds(bridge: BridgeManager, bad: Any) -> None:
+    bridge.register_route("agents.fast", lambda m: m.payload)
+    with pytest.raises(db.InvalidMessageError, match="timeout must be a positive number of seconds"):
+        await bridge.route("agents.fast", 1, timeout=bad)
+    assert await bridge.route("agents.fast", 1, timeout=1) == 1
+
+
 async def test_timeout_is_bridge_timeout_and_builtin_timeout(bridge: BridgeManager) -> None:
     @bridge.handler("agents.slow")
     async def slow(msg: Message) -> str:

@@ -290,6 +290,12 @@ async def test_max_connections_must_be_a_positive_integer(server: Server, bad: A
         await BridgeManager.connect(server.url, {"api_key": AGENT}, max_connections=bad)
 
 
+@pytest.mark.parametrize("bad", [0, True, "5"])
+async def test_connect_timeout_must_be_a_positive_number_of_seconds(server: Server, bad: Any) -> None:
+    with pytest.raises(db.InvalidMessageError, match="timeout must be a positive number of seconds"):
+        await BridgeManager.connect(server.url, {"api_key": AGENT}, timeout=bad)
+
+
 @pytest.mark.skipif(sys.maxsize < 2**62, reason="2**62 is not a usize here (InvalidMessageError, tested above)")
 async def test_max_connections_beyond_what_the_client_can_count_is_a_config_error(server: Server) -> None:
     with pytest.raises(db.ConfigError, match="max_connections"):
