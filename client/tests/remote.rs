@@ -330,7 +330,7 @@ impl TestCert {
         let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
         let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
         std::fs::write(&cert, made.cert.pem()).unwrap();
-        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        std::fs::write(&key, made.key_pair.serialize_pem()).unwrap();
         TestCert { dir, cert, key }
     }
 

@@ -13,7 +13,7 @@ async fn serves_https_with_configured_cert() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
     let yaml = format!(
         "bridge:\n  host: 127.0.0.1\n  port: 0\n  tls:\n    cert: {}\n    key: {}\n",
         cert_path.display(),

@@ -18,7 +18,7 @@ async function api(path, options = {}) {
   const resp = await fetch(path, Object.assign({}, options, { headers }));
   const text = await resp.text();
   let body;
-  try { body = JSON.parse(text); } catch (_) { body = text; }
+  try { body = JSON.parse(text); } catch { body = text; }
   if (!resp.ok) {
     const err = new Error((body && body.message) || resp.statusText);
     err.status = resp.status;
