@@ -18,9 +18,11 @@ test-server: server-browser-prereqs
 	cargo test -p dreamos-bridge-server --test dashboard -- --ignored
 	@echo "dashboard screenshot: $(CARGO_TARGET_DIR)/dashboard.png"
 
-# nginx (Debian) for the proxy comparison; python3 formats its table.
+# nginx (Debian) for the proxy comparison, valgrind for the instruction
+# counts; python3 formats the tables.
 server-bench-prereqs:
 	@missing=""; command -v nginx >/dev/null || missing="$$missing nginx"; \
+	command -v valgrind >/dev/null || missing="$$missing valgrind"; \
 	command -v python3 >/dev/null || missing="$$missing python3"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing$$missing (Debian)"; \
@@ -29,7 +31,9 @@ server-bench-prereqs:
 
 # POST /v1/route to an in-process echo handler through `dreamos-bridge serve`,
 # driven by `dreamos-bridge bench` (release build); then one HTTP echo service
-# reached directly, through nginx and through the bridge (bench/server_vs_nginx.sh).
+# reached directly, through nginx, through a plain hyper + reqwest proxy and
+# through the bridge (bench/server_vs_nginx.sh), and the three hops' instructions
+# per request under callgrind (bench/hop_instructions.sh).
 BENCH_SERVER_PORT ?= 18089
 bench-server: server-bench-prereqs
 	cargo build --release -p dreamos-bridge-server
@@ -43,3 +47,4 @@ bench-server: server-bench-prereqs
 	$(CARGO_TARGET_DIR)/release/dreamos-bridge bench --raw-url http://127.0.0.1:$(BENCH_SERVER_PORT)/health --get --concurrency 16 --requests 40000 --label "peer: same server, /health (HTTP floor)"
 	bench/server_vs_nginx.sh $(CARGO_TARGET_DIR)/release/dreamos-bridge 1 5000
 	bench/server_vs_nginx.sh $(CARGO_TARGET_DIR)/release/dreamos-bridge 16 20000
+	bench/hop_instructions.sh $(CARGO_TARGET_DIR)/release/dreamos-bridge

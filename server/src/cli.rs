@@ -136,6 +136,24 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: std::net::SocketAddr,
     },
+    /// Run a reverse proxy with no bridge logic: hyper's server in front, one pooled reqwest client behind.
+    ///
+    /// The floor of `make bench-server`: the same libraries as the bridge's hop to an HTTP
+    /// service, configured as `serve` configures them, doing nothing but forwarding. Beside
+    /// the bridge and nginx it shows what the libraries cost and what the bridge adds.
+    /// No auth, no limits: loopback use only.
+    ///
+    /// Example:
+    ///   dreamos-bridge plain-proxy --listen 127.0.0.1:9001 --upstream http://127.0.0.1:9000
+    #[command(verbatim_doc_comment)]
+    PlainProxy {
+        /// Address to listen on (port 0: any free port; the line printed at start names it).
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: std::net::SocketAddr,
+        /// Where requests go: scheme, host, port and an optional path prefix.
+        #[arg(long)]
+        upstream: String,
+    },
 }
 
 /// `token` subcommands.

@@ -60,6 +60,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Serve { config, log_format, echo } => serve(config, log_format, echo).await,
         Command::CheckConfig { file } => check_config(&file).await,
         Command::EchoService { listen } => echo_service(listen).await,
+        Command::PlainProxy { listen, upstream } => crate::plain_proxy::run(listen, &upstream, shutdown_signal()).await,
         Command::HashKey { key } => hash_key(key),
         Command::Token(TokenCommand::Inspect { token }) => inspect(&token),
         Command::Token(TokenCommand::Issue { config, principal, roles, ttl }) => {

@@ -17,6 +17,7 @@ pub mod commands;
 pub mod dispatch;
 pub mod error;
 pub mod hub;
+pub mod plain_proxy;
 pub mod server;
 pub mod signing;
 pub mod state;
