@@ -387,11 +387,15 @@ async fn a_flood_over_the_limit_is_closed_without_holding_sockets() {
     let mut buf = [0u8; 12];
     held.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
-    // Silent clients: each refusal waits for a request head that never comes.
+    // Silent clients: each refusal waits for a request head that never comes
+    // (one second), so all 100 arrive while the first refusals still hold
+    // their sockets, unless the machine stalls the test for that long.
+    let started = std::time::Instant::now();
     let mut flood = Vec::new();
     for _ in 0..100 {
         flood.push(tokio::net::TcpStream::connect(s.addr).await.unwrap());
     }
+    let flood_took = started.elapsed();
     let answers = futures_util::future::join_all(flood.into_iter().map(|mut sock| async move {
         let mut buf = Vec::new();
         let _ = sock.read_to_end(&mut buf).await;
@@ -400,8 +404,14 @@ async fn a_flood_over_the_limit_is_closed_without_holding_sockets() {
     .await;
     let with_503 = answers.iter().filter(|a| **a).count();
     assert!(with_503 >= 1, "the first refusals are answered");
-    assert!(with_503 <= 64, "{with_503} refusals answered at once");
-    assert!(answers.len() - with_503 >= 36, "the rest are closed at once");
+    if flood_took < std::time::Duration::from_millis(500) {
+        assert!(with_503 <= 64, "{with_503} refusals answered at once");
+        assert!(answers.len() - with_503 >= 36, "the rest are closed at once");
+    } else {
+        // Refusals ended during the flood and freed their places: the bound
+        // on refusals at once says nothing about the count then.
+        eprintln!("the flood took {flood_took:?} (a stalled machine): the at-once bound is not checked");
+    }
     drop(held);
 }
 
