@@ -24,75 +24,16 @@ NGINX_PORT=${NGINX_PORT:-18092}
 BRIDGE_PORT=${BRIDGE_PORT:-18093}
 PROXY_PORT=${PROXY_PORT:-18094}
 
-dir=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+# shellcheck source=bench/hops.sh
+. "$(dirname "$0")/hops.sh"
 
-wait_for() { # file pattern
-    for _ in $(seq 1 100); do grep -q "$2" "$1" 2>/dev/null && return 0; sleep 0.1; done
-    echo "timed out waiting for '$2' in $1:" >&2; cat "$1" >&2; return 1
-}
-
-"$BIN" echo-service --listen 127.0.0.1:$ECHO_PORT > "$dir/echo.out" 2>&1 & pids+=($!)
-wait_for "$dir/echo.out" listening
-
-mkdir -p "$dir/nginx"
-cat > "$dir/nginx/nginx.conf" <<CONF
-daemon off;
-user root;
-worker_processes 2;
-pid $dir/nginx/nginx.pid;
-error_log $dir/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $dir/nginx/body;
-    proxy_temp_path $dir/nginx/proxy;
-    fastcgi_temp_path $dir/nginx/fastcgi;
-    uwsgi_temp_path $dir/nginx/uwsgi;
-    scgi_temp_path $dir/nginx/scgi;
-    upstream echo { server 127.0.0.1:$ECHO_PORT; keepalive 64; }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://echo;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-CONF
-nginx -c "$dir/nginx/nginx.conf" -p "$dir/nginx" & pids+=($!)
-
-cat > "$dir/bridge.yaml" <<CONF
-bridge:
-  host: 127.0.0.1
-  port: $BRIDGE_PORT
-  queue_size: 100000
-  retry_attempts: 0
-monitoring:
-  log_level: WARN
-services:
-  echo:
-    url: http://127.0.0.1:$ECHO_PORT
-routes:
-  - pattern: bench.http.>
-    service: echo
-    path: /echo
-CONF
-"$BIN" serve --config "$dir/bridge.yaml" > "$dir/bridge.out" 2>&1 & pids+=($!)
+start_echo
+nginx -c "$(nginx_conf $NGINX_PORT 2)" -p "$dir/nginx" & pids+=($!)
+"$BIN" serve --config "$(bridge_conf $BRIDGE_PORT)" > "$dir/bridge.out" 2>&1 & pids+=($!)
 wait_for "$dir/bridge.out" listening
 "$BIN" plain-proxy --listen 127.0.0.1:$PROXY_PORT --upstream http://127.0.0.1:$ECHO_PORT > "$dir/proxy.out" 2>&1 & pids+=($!)
 wait_for "$dir/proxy.out" listening
-for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$NGINX_PORT) 2>/dev/null && break
-    sleep 0.1
-done
+wait_port $NGINX_PORT
 
 # CPU time (user + system, clock ticks) of processes and all their threads:
 # what a hop costs per request, whatever else the machine is doing.
