@@ -365,6 +365,7 @@ async fn headers_idempotency_key_and_traceparent() {
     assert!(hit.headers.get("x-forwarded-for").is_none());
     assert!(hit.headers.get("other").is_none());
     assert_eq!(hit.headers["host"], s.addr.to_string());
+    assert_eq!(hit.headers.get_all("host").iter().count(), 1);
     assert_eq!(hit.headers["idempotency-key"], id.to_string());
     let tp = hit.headers["traceparent"].to_str().unwrap().to_string();
     let parts: Vec<&str> = tp.split('-').collect();
@@ -651,6 +652,21 @@ async fn redirects_are_not_followed_unless_enabled() {
     let e = call(&b, "svc.redirect", json!({})).await.unwrap_err();
     assert_eq!(e.status(), Some(302), "{e}");
     assert!(other.hits("/").is_empty());
+    b.shutdown().await;
+
+    // Without credentials it is followed, and the other origin is sent its
+    // own Host, not the first one's.
+    let b = bridge(
+        &s.url(),
+        "    follow_redirects: true
+",
+        "",
+    )
+    .await;
+    call(&b, "svc.redirect", json!({})).await.unwrap();
+    let hit = other.hits("/elsewhere").pop().expect("the redirect was followed");
+    assert_eq!(hit.headers["host"], other.addr.to_string());
+    assert_eq!(hit.headers.get_all("host").iter().count(), 1);
     b.shutdown().await;
 }
 

@@ -259,6 +259,12 @@ pub(crate) struct ServiceClient {
     stats: Arc<ServiceStats>,
     max_response_bytes: usize,
     timeout: Option<Duration>,
+    /// The `Host` header every request to this service carries, written by
+    /// the bridge when redirects are off (the URL's host and port never
+    /// change then). Left to hyper otherwise, which derives it per request
+    /// from the URI with a `format!` (about 2.5k instructions), and which
+    /// must see the new host after a redirect to another origin.
+    host: Option<String>,
     pub health_check: Option<Url>,
     pub check_timeout: Duration,
     /// How often active checks run (`monitoring.health_check_interval`).
@@ -441,6 +447,7 @@ impl ServiceClient {
             stats,
             max_response_bytes: svc.max_response_bytes.unwrap_or(DEFAULT_MAX_RESPONSE_BYTES),
             timeout: svc.timeout.map(|t| t.get()),
+            host: if svc.follow_redirects { None } else { host_header(&base) },
             health_check,
             check_timeout: connection_timeout.clamp(Duration::from_secs(1), Duration::from_secs(10)),
             check_interval: cfg.monitoring.health_check_interval.get(),
@@ -639,14 +646,17 @@ impl ServiceClient {
     }
 
     /// The headers every attempt sends: the caller's `x-` headers, the
-    /// idempotency key, `Accept` and the body's content type.
+    /// idempotency key, `Accept`, `Host` (redirects off) and the body's
+    /// content type.
     fn headers(&self, route: &ServiceRoute, msg: &Message) -> Result<HeaderMap> {
-        // Room for the usual set (key, accept, content type, trace, one
-        // credential, and reqwest's user agent) without growing the map. Six
-        // keeps its entries (104 bytes each) under 1 KiB, inside the
-        // allocator's per-thread cache: eight would round up to twelve.
-        let mut headers = HeaderMap::with_capacity(6 + msg.headers.len());
+        // Room for the usual set (key, accept, host, content type, trace,
+        // reqwest's user agent, and the credential if there is one) without
+        // growing the map. Six entries (104 bytes each) stay under 1 KiB,
+        // inside the allocator's per-thread cache: seven round up to twelve,
+        // so that size is asked for only when a credential needs it.
         let cred_header = self.credentials.header_name();
+        let room = 6 + usize::from(cred_header.is_some()) + msg.headers.len();
+        let mut headers = HeaderMap::with_capacity(room);
         for (name, value) in &msg.headers {
             let lower = name.to_ascii_lowercase();
             if !lower.starts_with("x-") || DROPPED_X_HEADERS.iter().any(|d| lower.starts_with(d)) {
@@ -665,6 +675,11 @@ impl ServiceClient {
             headers.insert(HeaderName::from_static("idempotency-key"), v);
         }
         headers.insert(reqwest::header::ACCEPT, HeaderValue::from_static("application/json, */*;q=0.5"));
+        if let Some(host) = &self.host
+            && let Ok(v) = HeaderValue::from_str(host)
+        {
+            headers.insert(reqwest::header::HOST, v);
+        }
         match (&route.method, &msg.payload) {
             (&Method::GET | &Method::DELETE, _) => {}
             (_, Payload::Json(_)) => {
@@ -901,6 +916,16 @@ pub fn parse_traceparent(v: &str) -> Option<(String, String)> {
         }
         _ => None,
     }
+}
+
+/// The `Host` header for requests to `base`, as hyper writes it: the host,
+/// with the port only when it is not the scheme's default.
+fn host_header(base: &Url) -> Option<String> {
+    let host = base.host_str()?;
+    Some(match base.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    })
 }
 
 /// `00-<trace id>-<span id>-<flags>` in lower-case hex, without the
