@@ -652,26 +652,51 @@ impl BridgeManager {
         self.inner.dead_letters.lock().iter().cloned().collect()
     }
 
+    /// Move every dead letter of `other` into this bridge's store, in order
+    /// of failure, and return how many moved. For a bridge that replaces
+    /// `other` (a configuration reload): its dead letters stay listable and
+    /// replayable instead of vanishing with it. Call it again once `other`
+    /// has shut down, to pick up the letters its drain produced.
+    pub fn take_dead_letters_from(&self, other: &BridgeManager) -> usize {
+        if Arc::ptr_eq(&self.inner, &other.inner) {
+            return 0;
+        }
+        // One store locked at a time: no lock order to get wrong.
+        let moved: Vec<DeadLetter> = other.inner.dead_letters.lock().drain(..).collect();
+        let n = moved.len();
+        for letter in moved {
+            self.inner.restore_dead_letter(letter);
+        }
+        n
+    }
+
     /// Deliver a dead letter again and wait for the outcome. On success it
-    /// leaves the store; on failure it goes back in with the new error.
+    /// leaves the store; on a failed delivery it goes back in with the new
+    /// error. A replay that does not get as far as a delivery (refused by
+    /// admission, or its future dropped because the caller gave up) puts the
+    /// letter back as it was: a replay never loses one.
     pub async fn replay(&self, id: Uuid) -> Result<()> {
         let letter = {
             let mut store = self.inner.dead_letters.lock();
             let pos = store.iter().position(|d| d.id == id).ok_or_else(|| {
-                BridgeError::invalid(format!("no dead letter with id {id}: list them with dead_letters()"))
+                BridgeError::invalid(format!(
+                    "no dead letter with id {id} (or it is being replayed right now): list them with dead_letters()"
+                ))
             })?;
             store.remove(pos).ok_or_else(|| BridgeError::internal("dead letter vanished"))?
         };
-        let mut msg = letter.message.clone();
+        // Out of the store from here on (so two replays cannot deliver it
+        // twice), and held by a guard that puts it back if this ends early.
+        let held = HeldLetter { inner: self.inner.clone(), letter: Some(letter) };
+        let mut msg = held.message().clone();
         let acct = Accounting::start(self.inner.clone());
         if !self.is_running() {
-            self.inner.store_dead_letter(letter);
             return Err(acct.reject_quiet(BridgeError::shutdown()));
         }
         let Some(route) = self.inner.routes.read().resolve(&msg.destination).cloned() else {
             let e =
                 BridgeError::new(ErrorCode::RouteNotFound, format!("no route matches {:?} any more", msg.destination));
-            self.inner.store_dead_letter(DeadLetter { error: e.clone(), ..letter });
+            held.failed(e.clone(), 0);
             return Err(acct.reject_quiet(e));
         };
         let deadline = Instant::now() + route.timeout.unwrap_or(self.inner.config.bridge.request_timeout.get());
@@ -682,16 +707,54 @@ impl BridgeManager {
         call.route.stats.accept();
         call.admit().await?;
         match call.deliver_with_retries().await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                held.delivered();
+                Ok(())
+            }
             Err((e, attempts)) => {
-                self.inner.store_dead_letter(DeadLetter {
-                    error: e.clone(),
-                    attempts: letter.attempts + attempts,
-                    failed_at: message::now_millis(),
-                    ..letter
-                });
+                held.failed(e.clone(), attempts);
                 Err(e)
             }
+        }
+    }
+}
+
+/// A dead letter taken out of the store for a replay. Dropped without an
+/// outcome (the replay was refused or cancelled), it goes back unchanged.
+struct HeldLetter {
+    inner: Arc<Inner>,
+    letter: Option<DeadLetter>,
+}
+
+impl HeldLetter {
+    fn message(&self) -> &Message {
+        match &self.letter {
+            Some(l) => &l.message,
+            // Taken only by `delivered` and `failed`, which consume the guard.
+            None => unreachable!("a held letter is present until the guard is consumed"),
+        }
+    }
+
+    /// Delivered: the letter leaves the store for good.
+    fn delivered(mut self) {
+        self.letter = None;
+    }
+
+    /// Delivery failed again (after `attempts` more tries): back in the
+    /// store with the new error, as a fresh dead letter.
+    fn failed(mut self, error: BridgeError, attempts: u32) {
+        if let Some(l) = self.letter.take() {
+            let failed_at = if attempts > 0 { message::now_millis() } else { l.failed_at };
+            self.inner.store_dead_letter(DeadLetter { error, attempts: l.attempts + attempts, failed_at, ..l });
+        }
+    }
+}
+
+impl Drop for HeldLetter {
+    fn drop(&mut self) {
+        if let Some(letter) = self.letter.take() {
+            tracing::debug!(id = %letter.id, "replay ended before a delivery: the dead letter goes back");
+            self.inner.restore_dead_letter(letter);
         }
     }
 }
@@ -709,6 +772,26 @@ impl Inner {
         tracing::warn!(id = %letter.id, destination = %letter.message.destination, error = %letter.error, "message dead-lettered");
         store.push_back(letter);
         self.metrics.dead_lettered(evicted);
+    }
+
+    /// Put back a letter a replay took out and did not deliver (or one moved
+    /// from a replaced bridge), in its place by failure time; not counted as
+    /// newly dead-lettered.
+    fn restore_dead_letter(&self, letter: DeadLetter) {
+        let mut store = self.dead_letters.lock();
+        let at = store.iter().position(|d| d.failed_at > letter.failed_at).unwrap_or(store.len());
+        store.insert(at, letter);
+        // New failures may have filled the store meanwhile: the oldest goes,
+        // as when any letter arrives at a full store.
+        if store.len() > self.config.bridge.dead_letter_capacity
+            && let Some(old) = store.pop_front()
+        {
+            tracing::error!(
+                id = %old.id, destination = %old.message.destination,
+                "dead-letter store full (bridge.dead_letter_capacity): dropping the oldest dead letter"
+            );
+            self.metrics.dead_letter_evicted();
+        }
     }
 }
 

@@ -372,6 +372,66 @@ async fn failed_publish_is_dead_lettered_then_replayed() {
     b.shutdown().await;
 }
 
+/// A publish whose handler fails: its dead letter, once it is stored.
+async fn dead_letter_of(b: &BridgeManager, dest: &str) -> dreamos_bridge::DeadLetter {
+    b.register_route(dest, handler_fn(|_m| async { Err(BridgeError::handler("downstream is broken")) })).unwrap();
+    b.publish(Message::new(dest, json!({"n": 1})), CallOptions::default()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(d) = b.dead_letters().into_iter().next() {
+                return d;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_replay_refused_by_admission_keeps_the_dead_letter() {
+    let b = running(
+        "bridge:\n  retry_attempts: 0\n  rate_limit_mode: reject\nroutes:\n  - pattern: jobs.limited\n    rate_limit: 1/min\n    burst: 1\n",
+    )
+    .await;
+    let letter = dead_letter_of(&b, "jobs.limited").await;
+    b.register_route("jobs.limited", echo()).unwrap();
+    // Another call takes the one token of the minute: the replay is refused.
+    b.route(Message::new("jobs.limited", json!(1)), CallOptions::default()).await.unwrap();
+    assert_eq!(code(b.replay(letter.id).await), ErrorCode::RateLimited);
+    let kept = b.dead_letters();
+    assert_eq!(kept.len(), 1, "the refused replay kept the letter");
+    assert_eq!((kept[0].id, kept[0].attempts, kept[0].error.code()), (letter.id, 1, ErrorCode::HandlerError));
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_replay_keeps_the_dead_letter() {
+    let b = running("bridge:\n  retry_attempts: 0\n").await;
+    let letter = dead_letter_of(&b, "jobs.slow").await;
+    b.register_route(
+        "jobs.slow",
+        handler_fn(|m: Message| async move {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(m.payload)
+        }),
+    )
+    .unwrap();
+    // The caller gives up while the delivery is in progress.
+    assert!(tokio::time::timeout(Duration::from_millis(100), b.replay(letter.id)).await.is_err());
+    let kept = b.dead_letters();
+    assert_eq!(kept.len(), 1, "the cancelled replay put the letter back");
+    assert_eq!(
+        (kept[0].id, kept[0].failed_at, kept[0].error.code()),
+        (letter.id, letter.failed_at, ErrorCode::HandlerError)
+    );
+    assert_eq!(b.metrics().dead_letters.stored, 1, "putting it back is not a new dead letter");
+    b.register_route("jobs.slow", echo()).unwrap();
+    b.replay(letter.id).await.unwrap();
+    assert!(b.dead_letters().is_empty());
+    b.shutdown().await;
+}
+
 #[tokio::test]
 async fn shutdown_answers_every_caller() {
     let b = running("").await;

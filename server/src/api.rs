@@ -441,6 +441,13 @@ async fn dead_letters(State(state): State<Arc<AppState>>, headers: HeaderMap) ->
 async fn replay(State(state): State<Arc<AppState>>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<Response> {
     require_admin(&state, &headers, resources::REPLAY)?;
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::invalid(format!("{id:?} is not a dead-letter id (a UUID)")))?;
-    state.bridge().replay(id).await?;
+    // Its own task: an admin whose connection drops mid-delivery does not
+    // cancel the replay they asked for (a cancelled one would put the letter
+    // back, but the service may already have it).
+    let bridge = state.bridge();
+    match tokio::spawn(async move { bridge.replay(id).await }).await {
+        Ok(outcome) => outcome?,
+        Err(e) => return Err(ApiError::new(BridgeError::internal(format!("the replay task failed: {e}")))),
+    }
     Ok(axum::Json(json!({ "replayed": id.to_string() })).into_response())
 }

@@ -199,19 +199,19 @@ async fn serve(config_path: Option<PathBuf>, log_format: LogFormat, echo: Vec<St
     // The signal handlers go in before the "listening" line: a signal sent
     // as soon as that line appears must drain (or reload), not kill.
     let shutdown = shutdown_signal();
-    let reloader = config_path.map(|path| {
+    // Installed without a config file too: SIGHUP's default action would
+    // kill the server without a drain.
+    let reloader = {
         let (server, hup) = (server.clone(), tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()));
-        tokio::spawn(async move { reload_on_sighup(server, path, echo, hup).await })
-    });
+        tokio::spawn(async move { reload_on_sighup(server, config_path, echo, hup).await })
+    };
     let local = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let scheme = if server.state().options.tls.is_some() { "https" } else { "http" };
     // Tests and scripts wait for this line (and read the port from it when bridge.port is 0).
     println!("dreamos-bridge listening on {scheme}://{local}");
 
     let result = server.run(listener, shutdown).await;
-    if let Some(r) = reloader {
-        r.abort();
-    }
+    reloader.abort();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -242,7 +242,7 @@ fn shutdown_signal() -> impl Future<Output = ()> {
 /// SIGHUP: load and validate the file; only a valid one replaces the bridge.
 async fn reload_on_sighup(
     server: Arc<Server>,
-    path: PathBuf,
+    path: Option<PathBuf>,
     echo: Vec<String>,
     hup: std::io::Result<tokio::signal::unix::Signal>,
 ) {
@@ -251,9 +251,13 @@ async fn reload_on_sighup(
         return;
     };
     while hup.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::warn!("SIGHUP: nothing to reload (started without --config, on the embedded defaults)");
+            continue;
+        };
         let current = server.bridge();
         let result = async {
-            let config = BridgeConfig::from_file(&path)?;
+            let config = BridgeConfig::from_file(path)?;
             let old = current.config();
             let restart_only = [
                 ("bridge.host", config.bridge.host != old.bridge.host),

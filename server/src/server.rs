@@ -71,16 +71,26 @@ impl Server {
     }
 
     /// Replace the bridge with `new` (a reloaded config): `new` is
-    /// initialized first, connected services' routes move over, and the
-    /// old bridge drains in the background.
+    /// initialized first, connected services' routes and the dead letters
+    /// move over, and the old bridge drains in the background (dead letters
+    /// its drain produces move over when it is done).
     pub async fn replace_bridge(&self, new: BridgeManager) -> dreamos_bridge::Result<()> {
         new.initialize().await?;
-        let old = self.state.hub.replace_bridge(new);
-        let left = old.dead_letters().len();
-        if left > 0 {
-            tracing::warn!(dead_letters = left, "the replaced bridge held dead letters; they are not carried over");
+        let old = self.state.hub.replace_bridge(new.clone());
+        let moved = new.take_dead_letters_from(&old);
+        if moved > 0 {
+            tracing::info!(dead_letters = moved, "dead letters carried over to the reloaded configuration");
         }
-        tokio::spawn(async move { old.shutdown().await });
+        tokio::spawn(async move {
+            old.shutdown().await;
+            let late = new.take_dead_letters_from(&old);
+            if late > 0 {
+                tracing::warn!(
+                    dead_letters = late,
+                    "messages failed while the replaced configuration drained; they are in the dead-letter store"
+                );
+            }
+        });
         Ok(())
     }
 

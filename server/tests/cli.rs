@@ -192,6 +192,34 @@ async fn sighup_with_a_bad_file_keeps_serving_and_a_good_one_reloads() {
     assert!(s.child.wait().unwrap().success());
 }
 
+/// Without `--config` there is nothing to reload, but SIGHUP must not kill
+/// the server (its default action) and drop what is in flight.
+#[tokio::test]
+async fn sighup_without_a_config_file_keeps_serving() {
+    // The embedded defaults listen on localhost:8000.
+    let mut child = Command::new(BIN)
+        .args(["serve", "--echo", "cli.echo"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let Some(url) = line.trim().strip_prefix("dreamos-bridge listening on ").map(str::to_string) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("skipped: the embedded defaults' port 8000 is taken on this machine ({line:?})");
+        return;
+    };
+    let s = Served { child, url };
+    signal(&s.child, "HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(route(&s.url, json!("still here")).await.0, 200, "SIGHUP killed the server");
+    let mut s = s;
+    signal(&s.child, "TERM");
+    assert!(s.child.wait().unwrap().success());
+}
+
 #[tokio::test]
 async fn sigterm_drains_a_request_in_flight() {
     // A connected service holds the request; SIGTERM arrives; the service answers within the grace period.

@@ -229,6 +229,35 @@ async fn silent_peer_is_dropped_by_heartbeat() {
 }
 
 #[tokio::test]
+async fn dead_letters_survive_a_config_reload() {
+    let s = TestServer::start(LOCAL, |b| {
+        b.register_route(
+            "jobs.broken",
+            dreamos_bridge::handler_fn(|_m| async { Err(dreamos_bridge::BridgeError::handler("broken")) }),
+        )
+        .unwrap();
+    })
+    .await;
+    let old = s.server.bridge();
+    old.publish(dreamos_bridge::Message::new("jobs.broken", json!(1)), Default::default()).await.unwrap();
+    let mut letters = Vec::new();
+    for _ in 0..250 {
+        letters = old.dead_letters();
+        if !letters.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(letters.len(), 1, "the failed publish was dead-lettered");
+    let new = dreamos_bridge::BridgeManager::from_yaml(LOCAL).unwrap();
+    s.server.replace_bridge(new).await.unwrap();
+    let carried = s.server.bridge().dead_letters();
+    assert_eq!(carried.len(), 1, "the dead letter moved to the reloaded bridge");
+    assert_eq!(carried[0].id, letters[0].id);
+    assert!(old.dead_letters().is_empty());
+}
+
+#[tokio::test]
 async fn replies_survive_a_config_reload() {
     let s = TestServer::start(LOCAL, |_| {}).await;
     let task = serve_forever(service(&s, "ext.keep").await, "k");

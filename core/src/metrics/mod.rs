@@ -770,6 +770,13 @@ impl MetricsCollector {
         }
     }
 
+    /// A dead letter dropped to make room, not a new one.
+    pub fn dead_letter_evicted(&self) {
+        if self.enabled {
+            self.dead_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Snapshot of everything.
     pub fn snapshot(&self) -> MetricsSnapshot {
         let routes: BTreeMap<String, MessageSnapshot> =
