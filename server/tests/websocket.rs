@@ -16,8 +16,10 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn next_json(ws: &mut Socket) -> Value {
+    // One deadline for the text frame: heartbeat pings must not extend it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("frame in time") {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("frame in time") {
             Some(Ok(Ws::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
             Some(Ok(_)) => continue,
             other => panic!("socket ended: {other:?}"),
