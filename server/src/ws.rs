@@ -109,6 +109,7 @@ async fn run(state: Arc<AppState>, mut socket: WebSocket) {
     // peer is not reading: give up rather than hold the socket forever.
     let write_timeout = every * 2;
     let ended = session.ended().clone();
+    let session_id = session.id;
     let mut writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
             let (frame, last) = match out {
@@ -122,7 +123,10 @@ async fn run(state: Arc<AppState>, mut socket: WebSocket) {
                 Ok(Ok(())) if !last => {}
                 Ok(_) => break,
                 Err(_) => {
-                    tracing::warn!("connected service did not take a frame in time (not reading?); closing it");
+                    tracing::warn!(
+                        session = session_id,
+                        "connected service did not take a frame in time (not reading?); closing it"
+                    );
                     break;
                 }
             }
