@@ -9,17 +9,27 @@
 //! away, its in-flight messages move to another subscriber or fail with
 //! `SERVICE_UNAVAILABLE`, and the route goes away with the last subscriber.
 //!
+//! In-flight messages are keyed by message id per session: the service
+//! answers by id, so one session never holds two messages with the same id
+//! (a client may choose ids, and a retry may reuse one while the first is
+//! still in flight); the duplicate goes to another subscriber or is refused.
+//!
 //! The hub also owns the current [`BridgeManager`], because a config reload
-//! must swap the bridge and re-register these routes in one step.
+//! must swap the bridge and re-register these routes in one step (except
+//! those the reloaded bridge routes itself: a configured route is never
+//! replaced, so that the last subscriber leaving cannot delete it).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use dreamos_bridge::bridge::BoxFuture;
 use dreamos_bridge::{BridgeError, BridgeManager, ErrorCode, Handler, Message, Payload};
 use parking_lot::{Mutex, RwLock};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// What a session's writer task sends to the socket.
@@ -33,43 +43,104 @@ pub(crate) enum Outbound {
     Close(u16, String),
 }
 
-/// Message id to the caller's channel and the message's destination (a
-/// signed reply is checked against it).
-type Pending = HashMap<Uuid, (oneshot::Sender<dreamos_bridge::Result<Payload>>, String)>;
+/// A message sent to the service and not yet answered.
+struct InFlight {
+    /// The caller's channel.
+    tx: oneshot::Sender<dreamos_bridge::Result<Payload>>,
+    /// The message's destination (a signed reply is checked against it).
+    destination: String,
+    /// Which dispatch of this id it is: a caller that stops waiting removes
+    /// its own entry, never a later dispatch's of the same id.
+    seq: u64,
+}
+
+/// Message id to the message in flight with that id.
+type Pending = HashMap<Uuid, InFlight>;
+
+/// What became of a message handed to a session.
+enum Dispatch {
+    /// Sent: the answer comes on the receiver; `u64` is the entry's `seq`.
+    Sent(oneshot::Receiver<dreamos_bridge::Result<Payload>>, u64),
+    /// The session is closed or closing (or its outbound queue is full).
+    Closed,
+    /// A message with this id is already in flight on this session; the
+    /// service's answer could not tell the two apart.
+    Duplicate,
+}
 
 /// One connected service (one WebSocket).
 pub(crate) struct Session {
     pub(crate) id: u64,
     pub(crate) principal: Option<String>,
-    tx: mpsc::UnboundedSender<Outbound>,
+    /// Frames for the writer task; bounded, so that a service that does not
+    /// read cannot make the server queue without limit.
+    tx: mpsc::Sender<Outbound>,
     /// Messages sent and not yet answered; `None` once the session closed,
     /// so that nothing new is handed to it.
     pending: Mutex<Option<Pending>>,
     patterns: Mutex<Vec<String>>,
+    /// Cancelled when the session must end now: its outbound queue
+    /// overflowed or its writer stopped. The socket task then leaves the hub.
+    ended: CancellationToken,
+    next_seq: AtomicU64,
 }
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
 impl Session {
-    pub(crate) fn new(principal: Option<String>, tx: mpsc::UnboundedSender<Outbound>) -> Arc<Self> {
+    pub(crate) fn new(principal: Option<String>, tx: mpsc::Sender<Outbound>) -> Arc<Self> {
         Arc::new(Session {
             id: SESSION_IDS.fetch_add(1, Ordering::Relaxed),
             principal,
             tx,
             pending: Mutex::new(Some(HashMap::new())),
             patterns: Mutex::new(Vec::new()),
+            ended: CancellationToken::new(),
+            next_seq: AtomicU64::new(0),
         })
     }
 
+    /// Queue a frame for the socket; `false` if it cannot be sent. A full
+    /// queue means the service stopped reading (or cannot keep up): the
+    /// session is ended, so that its in-flight messages go elsewhere rather
+    /// than wait behind a socket that does not drain.
     pub(crate) fn send(&self, out: Outbound) -> bool {
-        self.tx.send(out).is_ok()
+        match self.tx.try_send(out) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                if !self.ended.is_cancelled() {
+                    tracing::warn!(
+                        session = self.id,
+                        queued = self.tx.max_capacity(),
+                        "connected service does not read its frames (outbound queue full); closing the session"
+                    );
+                }
+                self.ended.cancel();
+                false
+            }
+            Err(TrySendError::Closed(_)) => {
+                self.ended.cancel();
+                false
+            }
+        }
     }
 
-    /// Hand a message to this service; `None` if the session is closed.
-    fn dispatch(&self, msg: &Message) -> Option<oneshot::Receiver<dreamos_bridge::Result<Payload>>> {
+    /// Completes when the session must end (see [`Session::send`]).
+    pub(crate) fn ended(&self) -> &CancellationToken {
+        &self.ended
+    }
+
+    /// Hand a message to this service.
+    fn dispatch(&self, msg: &Message) -> Dispatch {
+        if self.ended.is_cancelled() {
+            return Dispatch::Closed;
+        }
         let (tx, rx) = oneshot::channel();
         let mut pending = self.pending.lock();
-        let map = pending.as_mut()?;
+        let Some(map) = pending.as_mut() else { return Dispatch::Closed };
+        if map.contains_key(&msg.id) {
+            return Dispatch::Duplicate;
+        }
         let headers: serde_json::Map<String, serde_json::Value> =
             msg.headers.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
         let frame = serde_json::json!({
@@ -82,29 +153,33 @@ impl Session {
             "timeout_ms": msg.remaining().map(|d| d.as_millis() as u64),
         });
         if !self.send(Outbound::Text(frame.to_string())) {
-            return None;
+            return Dispatch::Closed;
         }
-        map.insert(msg.id, (tx, msg.destination.clone()));
-        Some(rx)
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        map.insert(msg.id, InFlight { tx, destination: msg.destination.clone(), seq });
+        Dispatch::Sent(rx, seq)
     }
 
     /// The service answered message `id`; `false` if nobody waits for it
     /// (unknown id, or the caller already gave up).
     pub(crate) fn answer(&self, id: Uuid, result: dreamos_bridge::Result<Payload>) -> bool {
-        let tx = self.pending.lock().as_mut().and_then(|m| m.remove(&id));
-        match tx {
-            Some((tx, _)) => tx.send(result).is_ok(),
+        let entry = self.pending.lock().as_mut().and_then(|m| m.remove(&id));
+        match entry {
+            Some(e) => e.tx.send(result).is_ok(),
             None => false,
         }
     }
 
     /// The destination of in-flight message `id`, if it awaits an answer.
     pub(crate) fn destination_of(&self, id: Uuid) -> Option<String> {
-        self.pending.lock().as_ref().and_then(|m| m.get(&id)).map(|(_, d)| d.clone())
+        self.pending.lock().as_ref().and_then(|m| m.get(&id)).map(|e| e.destination.clone())
     }
 
-    fn forget(&self, id: Uuid) {
-        if let Some(m) = self.pending.lock().as_mut() {
+    /// The caller of dispatch `seq` of message `id` stopped waiting.
+    fn forget(&self, id: Uuid, seq: u64) {
+        if let Some(m) = self.pending.lock().as_mut()
+            && m.get(&id).is_some_and(|e| e.seq == seq)
+        {
             m.remove(&id);
         }
     }
@@ -159,11 +234,12 @@ impl ConnectedServiceHandler {
 struct PendingGuard {
     session: Arc<Session>,
     id: Uuid,
+    seq: u64,
 }
 
 impl Drop for PendingGuard {
     fn drop(&mut self) {
-        self.session.forget(self.id);
+        self.session.forget(self.id, self.seq);
     }
 }
 
@@ -173,8 +249,21 @@ impl Handler for ConnectedServiceHandler {
         Box::pin(async move {
             let mut tried = Vec::new();
             let mut declined = 0usize;
+            let mut duplicates = 0usize;
             loop {
                 let Some(session) = group.pick(&tried) else {
+                    if duplicates > 0 {
+                        return Err(BridgeError::new(
+                            ErrorCode::ServiceUnavailable,
+                            format!(
+                                "a message with id {} is already in flight to {duplicates} connected service(s) of \
+                                 {:?}, and no other subscriber could take this one: message ids must be unique \
+                                 while in flight; retry once the first is answered, or use a new id",
+                                msg.id, group.pattern
+                            ),
+                        )
+                        .with_retry_after(Duration::from_secs(1)));
+                    }
                     if declined > 0 && declined == tried.len() {
                         return Err(BridgeError::new(
                             ErrorCode::RouteNotFound,
@@ -197,8 +286,17 @@ impl Handler for ConnectedServiceHandler {
                     ));
                 };
                 tried.push(session.id);
-                let Some(rx) = session.dispatch(&msg) else { continue };
-                let _guard = PendingGuard { session: session.clone(), id: msg.id };
+                let (rx, seq) = match session.dispatch(&msg) {
+                    Dispatch::Sent(rx, seq) => (rx, seq),
+                    Dispatch::Closed => continue,
+                    Dispatch::Duplicate => {
+                        tracing::debug!(id = %msg.id, session = session.id, pattern = %group.pattern,
+                            "a message with this id is already in flight on this session; trying another subscriber");
+                        duplicates += 1;
+                        continue;
+                    }
+                };
+                let _guard = PendingGuard { session: session.clone(), id: msg.id, seq };
                 match rx.await {
                     // The service unsubscribed after it was picked and did
                     // not run the message: another subscriber may take it.
@@ -326,15 +424,43 @@ impl ServiceHub {
     /// Swap in a new bridge (config reload) with the connected services'
     /// routes registered on it; returns the old bridge for the caller to
     /// shut down.
+    ///
+    /// A pattern the new bridge routes itself (the reloaded config, or an
+    /// in-process handler such as `--echo`) is not taken over: the config
+    /// is what the operator asked for, and a connected service cannot
+    /// subscribe to a configured pattern either. Its subscribers are told
+    /// (an error frame `FORBIDDEN` with the `pattern`), and their messages
+    /// already in flight on the old bridge still complete.
     pub fn replace_bridge(&self, new: BridgeManager) -> BridgeManager {
-        let groups = self.groups.lock();
-        for (pattern, h) in groups.iter() {
-            if new.routes().iter().any(|p| p == pattern) {
-                tracing::warn!(
-                    pattern,
-                    "the reloaded config routes a pattern a connected service serves; the connected service keeps it"
-                );
+        let mut groups = self.groups.lock();
+        let routed = new.routes();
+        groups.retain(|pattern, h| {
+            if !routed.iter().any(|p| p == pattern) {
+                return true;
             }
+            let subs = std::mem::take(&mut *h.group.subscribers.lock());
+            tracing::warn!(
+                pattern,
+                subscribers = subs.len(),
+                "the reloaded config routes a pattern connected services served; the configured route takes it"
+            );
+            let frame = serde_json::json!({
+                "type": "error",
+                "code": ErrorCode::Forbidden.as_str(),
+                "pattern": pattern,
+                "message": format!(
+                    "the bridge's reloaded config routes {pattern:?} itself, so this subscription ended; \
+                     subscribe to a pattern of your own"
+                ),
+            })
+            .to_string();
+            for s in subs {
+                s.patterns.lock().retain(|p| p != pattern);
+                s.send(Outbound::Text(frame.clone()));
+            }
+            false
+        });
+        for (pattern, h) in groups.iter() {
             if let Err(e) = new.register_route(pattern, Arc::new(h.clone())) {
                 tracing::error!(pattern, error = %e, "could not carry a connected service's route over to the reloaded bridge");
             }

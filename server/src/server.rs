@@ -158,7 +158,9 @@ impl Server {
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let service = app.clone();
+            // Shared with a WebSocket session, which outlives the HTTP connection.
+            let permit = Arc::new(permit);
+            let service = app.clone().with_slot(permit.clone());
             let builder = builder.clone();
             let watcher = graceful.watcher();
             let tls = tls.clone();

@@ -13,6 +13,11 @@ use crate::hub::ServiceHub;
 /// around the largest payload `limits.max_payload_bytes` allows.
 pub const ENVELOPE_BYTES: usize = 64 * 1024;
 
+/// Default of [`ServerOptions::ws_outbound_frames`]: room for a burst as
+/// large as a route's default queue (`bridge.queue_size`), small enough that
+/// a service that does not read is found out before it costs much memory.
+pub const WS_OUTBOUND_FRAMES: usize = 1024;
+
 /// Server settings that come from the config at start (a reload does not
 /// change them; see `docs/server.md`).
 #[derive(Debug, Clone)]
@@ -31,6 +36,9 @@ pub struct ServerOptions {
     pub body_read_timeout: Duration,
     /// Ping interval of connected services; two missed ones drop the peer.
     pub heartbeat_interval: Duration,
+    /// Frames waiting to be written to one connected service; a service that
+    /// falls further behind (stops reading) is closed.
+    pub ws_outbound_frames: usize,
     /// Time a new WebSocket has to send its auth frame.
     pub auth_timeout: Duration,
     /// Time connections get to finish after the bridge has drained.
@@ -54,6 +62,7 @@ impl ServerOptions {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(15),
+            ws_outbound_frames: WS_OUTBOUND_FRAMES,
             auth_timeout: Duration::from_secs(10),
             close_grace: Duration::from_secs(5),
             tls,

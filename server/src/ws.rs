@@ -3,11 +3,17 @@
 //! One socket is one [`Session`]: the first frame authenticates, then the
 //! service subscribes to patterns and answers the messages the bridge sends
 //! it. The wire format is documented in `docs/server.md`; this module only
-//! translates frames into [`ServiceHub`] calls and keeps the heartbeat.
+//! translates frames into [`ServiceHub`] calls and keeps the session honest:
+//! the heartbeat (only pongs and answers prove the peer reads), the bounded
+//! outbound queue and write timeout (a peer that stops reading is closed and
+//! its socket released), the session's token (checked again on every
+//! heartbeat, so a revoked or expired token ends the session), and the
+//! connection slot (a session counts against `bridge.max_connections`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
@@ -17,13 +23,23 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::dispatch::ConnectionSlot;
 use crate::hub::{Outbound, Session};
 use crate::state::AppState;
 
-/// Upgrade to the service protocol.
-pub async fn connect(State(state): State<Arc<AppState>>, ws: WebSocketUpgrade) -> Response {
+/// Upgrade to the service protocol. The connection's slot (when served by
+/// [`crate::Server`]) moves into the session: the HTTP connection ends at
+/// the upgrade, the socket does not.
+pub async fn connect(
+    State(state): State<Arc<AppState>>,
+    slot: Option<Extension<ConnectionSlot>>,
+    ws: WebSocketUpgrade,
+) -> Response {
     let max = state.options.max_frame_bytes;
-    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| run(state, socket))
+    ws.max_message_size(max).max_frame_size(max).on_upgrade(move |socket| async move {
+        let _slot = slot;
+        run(state, socket).await
+    })
 }
 
 fn error_frame(code: ErrorCode, message: &str, extra: Option<(&str, Value)>) -> String {
@@ -84,43 +100,60 @@ async fn run(state: Arc<AppState>, mut socket: WebSocket) {
         return;
     }
 
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mpsc::channel(state.options.ws_outbound_frames.max(1));
     let session = Session::new(principal, tx);
     tracing::info!(session = session.id, principal = ?session.principal, "service connected");
     let (mut sink, mut stream) = socket.split();
-    let writer = tokio::spawn(async move {
+    let every = state.options.heartbeat_interval;
+    // A write that takes longer than the peer may stay silent means the
+    // peer is not reading: give up rather than hold the socket forever.
+    let write_timeout = every * 2;
+    let ended = session.ended().clone();
+    let session_id = session.id;
+    let mut writer = tokio::spawn(async move {
         while let Some(out) = rx.recv().await {
-            let r = match out {
-                Outbound::Text(t) => sink.send(WsMessage::Text(t.into())).await,
-                Outbound::Ping => sink.send(WsMessage::Ping(Default::default())).await,
+            let (frame, last) = match out {
+                Outbound::Text(t) => (WsMessage::Text(t.into()), false),
+                Outbound::Ping => (WsMessage::Ping(Default::default()), false),
                 Outbound::Close(code, reason) => {
-                    let _ = sink.send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
-                    break;
+                    (WsMessage::Close(Some(CloseFrame { code, reason: reason.into() })), true)
                 }
             };
-            if r.is_err() {
-                break;
+            match tokio::time::timeout(write_timeout, sink.send(frame)).await {
+                Ok(Ok(())) if !last => {}
+                Ok(_) => break,
+                Err(_) => {
+                    tracing::warn!(
+                        session = session_id,
+                        "connected service did not take a frame in time (not reading?); closing it"
+                    );
+                    break;
+                }
             }
         }
-        let _ = sink.close().await;
+        // Whatever stopped the writer ends the session.
+        ended.cancel();
+        let _ = tokio::time::timeout(write_timeout, sink.close()).await;
     });
 
-    let every = state.options.heartbeat_interval;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut last_seen = Instant::now();
     loop {
         tokio::select! {
             frame = stream.next() => match frame {
                 Some(Ok(WsMessage::Text(t))) => {
-                    last_seen = Instant::now();
-                    handle_frame(&state, &session, token.as_deref(), t.as_str());
+                    // Only an answer to a message in flight proves the peer
+                    // reads; other frames may come from a peer that does not.
+                    if handle_frame(&state, &session, token.as_deref(), t.as_str()) {
+                        last_seen = Instant::now();
+                    }
                 }
                 Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
                 Some(Ok(WsMessage::Binary(_))) => {
-                    last_seen = Instant::now();
                     session.send(Outbound::Text(error_frame(ErrorCode::InvalidMessage, "frames are JSON text", None)));
                 }
-                Some(Ok(_)) => last_seen = Instant::now(), // ping / pong
+                Some(Ok(WsMessage::Pong(_))) => last_seen = Instant::now(),
+                Some(Ok(_)) => {} // the peer's own pings: tungstenite answers them
             },
             _ = heartbeat.tick() => {
                 // Two missed heartbeats: the peer is gone even if TCP has not noticed.
@@ -129,8 +162,23 @@ async fn run(state: Arc<AppState>, mut socket: WebSocket) {
                     session.send(Outbound::Close(1011, "heartbeat timeout".into()));
                     break;
                 }
+                // The token the session authenticated with must still be valid.
+                if let Some(t) = token.as_deref()
+                    && let Err(e) = state.bridge().verify_token(t)
+                {
+                    tracing::info!(session = session.id, principal = ?session.principal,
+                        "connected service's token is no longer valid (revoked or expired); closing the session");
+                    let why = format!(
+                        "the session's token is no longer valid ({}): connect again and authenticate",
+                        e.message()
+                    );
+                    session.send(Outbound::Text(error_frame(ErrorCode::Unauthenticated, &why, None)));
+                    session.send(Outbound::Close(1008, "token revoked or expired".into()));
+                    break;
+                }
                 session.send(Outbound::Ping);
             }
+            _ = session.ended().cancelled() => break,
             _ = state.closing.cancelled() => {
                 session.send(Outbound::Close(1001, "server shutting down".into()));
                 break;
@@ -139,12 +187,18 @@ async fn run(state: Arc<AppState>, mut socket: WebSocket) {
     }
     state.hub.leave(&session);
     drop(session);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    // Let a close frame go out; a writer stuck on a peer that does not read
+    // is stopped, which closes the socket.
+    if tokio::time::timeout(Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
+    }
 }
 
-fn handle_frame(state: &AppState, session: &Arc<Session>, token: Option<&str>, text: &str) {
+/// Handle one text frame; `true` if it answered a message in flight.
+fn handle_frame(state: &AppState, session: &Arc<Session>, token: Option<&str>, text: &str) -> bool {
     let reply = |s: String| {
         session.send(Outbound::Text(s));
+        false
     };
     let frame: Value = match serde_json::from_str(text) {
         Ok(v) => v,
@@ -202,8 +256,7 @@ fn handle_frame(state: &AppState, session: &Arc<Session>, token: Option<&str>, t
                         "the connected service's {kind} was refused by the bridge: {}",
                         e.message()
                     ));
-                    session.answer(id, Err(refused));
-                    return;
+                    return session.answer(id, Err(refused));
                 }
             }
             let result = match (kind, frame.get("code").and_then(Value::as_str)) {
@@ -213,16 +266,22 @@ fn handle_frame(state: &AppState, session: &Arc<Session>, token: Option<&str>, t
                 (_, Some("ROUTE_NOT_FOUND")) => Err(BridgeError::new(ErrorCode::RouteNotFound, error_text.to_string())),
                 _ => Err(BridgeError::handler(error_text.to_string())),
             };
-            if !session.answer(id, result) {
+            let answered = session.answer(id, result);
+            if !answered {
                 tracing::debug!(%id, "reply for a message nobody waits for (late or unknown); dropped");
             }
+            answered
         }
         "ping" => reply(json!({"type": "pong"}).to_string()),
-        other => reply(error_frame(
-            ErrorCode::InvalidMessage,
-            &format!("unknown frame type {other:?}: expected subscribe, unsubscribe, reply, error or ping"),
-            None,
-        )),
+        other => {
+            // Not echoed whole: a peer could make every reply as large as a frame.
+            let shown: String = other.chars().take(64).collect();
+            reply(error_frame(
+                ErrorCode::InvalidMessage,
+                &format!("unknown frame type {shown:?}: expected subscribe, unsubscribe, reply, error or ping"),
+                None,
+            ))
+        }
     }
 }
 

@@ -199,3 +199,77 @@ async fn services_need_credentials_and_the_handle_action() {
     ws2.send(Ws::Text(json!({"type": "subscribe", "pattern": "ext.other"}).to_string().into())).await.unwrap();
     assert_eq!(frame(&mut ws2).await["code"], "FORBIDDEN");
 }
+
+/// Read a service socket on a task (so that pings are answered) and report
+/// its text frames, then `{"close": code}` when it ends.
+fn watch(
+    mut ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match ws.next().await {
+                Some(Ok(Ws::Text(t))) => {
+                    let _ = tx.send(serde_json::from_str(t.as_str()).unwrap());
+                }
+                Some(Ok(Ws::Close(f))) => {
+                    let _ = tx.send(json!({"close": f.map(|f| u16::from(f.code))}));
+                    return;
+                }
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => {
+                    let _ = tx.send(json!({"close": null}));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// A service session that subscribed to `ext.tools` with `token`.
+async fn subscribed_with(s: &TestServer, token: &str) -> tokio::sync::mpsc::UnboundedReceiver<Value> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(s.ws_url()).await.unwrap();
+    ws.send(Ws::Text(json!({"type": "auth", "token": token}).to_string().into())).await.unwrap();
+    assert_eq!(frame(&mut ws).await["type"], "ready");
+    ws.send(Ws::Text(json!({"type": "subscribe", "pattern": "ext.tools"}).to_string().into())).await.unwrap();
+    assert_eq!(frame(&mut ws).await["type"], "subscribed");
+    watch(ws)
+}
+
+/// The session's end after its token stopped being valid: an
+/// `UNAUTHENTICATED` error frame, close code 1008, and the route gone.
+async fn expect_closed_for_the_token(s: &TestServer, frames: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) {
+    async fn next(frames: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+        tokio::time::timeout(Duration::from_secs(30), frames.recv()).await.expect("frame in time").expect("frame")
+    }
+    let v = next(frames).await;
+    assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("UNAUTHENTICATED")), "{v}");
+    assert_eq!(next(frames).await, json!({"close": 1008}));
+    assert!(!s.bridge().routes().contains(&"ext.tools".to_string()));
+}
+
+#[tokio::test]
+async fn revoking_a_services_token_ends_its_session() {
+    let s = TestServer::start_with(&config(), |_| {}, |o| o.heartbeat_interval = Duration::from_millis(200)).await;
+    let svc = token(&s, SERVICE).await;
+    let mut frames = subscribed_with(&s, &svc).await;
+    // A few heartbeats with a valid token: nothing happens.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(frames.try_recv().is_err());
+    assert!(s.bridge().routes().contains(&"ext.tools".to_string()));
+    let admin = token(&s, ADMIN).await;
+    let (st, _, v) = post(format!("{}/v1/admin/revoke", s.url), Some(&admin), json!({"token": svc})).await;
+    assert_eq!(st, 200, "{v}");
+    expect_closed_for_the_token(&s, &mut frames).await;
+}
+
+#[tokio::test]
+async fn an_expired_token_ends_the_session() {
+    let cfg = config().replace("token_expiry: 600", "token_expiry: 1");
+    let s = TestServer::start_with(&cfg, |_| {}, |o| o.heartbeat_interval = Duration::from_millis(200)).await;
+    let svc = token(&s, SERVICE).await;
+    let mut frames = subscribed_with(&s, &svc).await;
+    // One second of validity plus the verifier's few seconds of clock-skew leeway.
+    expect_closed_for_the_token(&s, &mut frames).await;
+}

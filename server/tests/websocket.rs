@@ -1,11 +1,14 @@
 //! External services over `GET /v1/connect`: serving a pattern, sharing
-//! load, disconnecting with messages in flight, heartbeats, bad frames.
+//! load, disconnecting with messages in flight, heartbeats, bad frames, a
+//! service that stops reading, the connection limit, duplicate message ids
+//! and config reloads.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{LOCAL, TestServer, post};
+use common::{LOCAL, TestServer, get, post};
+use dreamos_bridge::{BridgeConfig, BridgeManager, CallOptions, ErrorCode, Message, Payload, handler_fn};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
@@ -13,8 +16,10 @@ use tokio_tungstenite::tungstenite::Message as Ws;
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn next_json(ws: &mut Socket) -> Value {
+    // One deadline for the text frame: heartbeat pings must not extend it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), ws.next()).await.expect("frame in time") {
+        match tokio::time::timeout_at(deadline, ws.next()).await.expect("frame in time") {
             Some(Ok(Ws::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
             Some(Ok(_)) => continue,
             other => panic!("socket ended: {other:?}"),
@@ -267,4 +272,218 @@ async fn replies_survive_a_config_reload() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["payload"]["echo"], 7);
     task.abort();
+}
+
+/// Wait (bounded) until `pattern` is or is not routed; the final state.
+async fn routed_eventually(s: &TestServer, pattern: &str, want: bool) -> bool {
+    for _ in 0..1000 {
+        if s.bridge().routes().iter().any(|p| p == pattern) == want {
+            return want;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    !want
+}
+
+/// A service that stops reading while messages pile up is closed once its
+/// outbound queue is full: the message it held is released at once (here
+/// `SERVICE_UNAVAILABLE`, nobody else serves the pattern) instead of waiting
+/// for its deadline, and the server lets go of the socket.
+#[tokio::test]
+async fn a_service_that_stops_reading_is_closed_and_its_messages_released() {
+    let yaml = "bridge:\n  host: 127.0.0.1\n  port: 0\n  retry_attempts: 0\nlimits:\n  max_payload_bytes: 2000000\n";
+    // A long heartbeat: the full queue, not the heartbeat, must end the session.
+    let s = TestServer::start_with(
+        yaml,
+        |_| {},
+        |o| {
+            o.heartbeat_interval = Duration::from_secs(60);
+            o.ws_outbound_frames = 4;
+        },
+    )
+    .await;
+    let mut stuck = service(&s, "ext.stuck").await;
+    let bridge = s.bridge();
+    let call = |payload: Payload| {
+        let b = bridge.clone();
+        tokio::spawn(async move {
+            b.route(
+                Message::new("ext.stuck", payload),
+                CallOptions { token: None, timeout: Some(Duration::from_secs(30)) },
+            )
+            .await
+        })
+    };
+    // One message the service has read: in flight.
+    let first = call(Payload::Json(json!("first")));
+    assert_eq!(next_json(&mut stuck).await["payload"], "first");
+    // Then it reads nothing more, while big messages fill the socket and the queue.
+    let big = Payload::Json(json!("x".repeat(1_000_000)));
+    let rest: Vec<_> = (0..30).map(|_| call(big.clone())).collect();
+    let first = tokio::time::timeout(Duration::from_secs(60), first).await.expect("answered").unwrap();
+    assert_eq!(first.map_err(|e| e.code()), Err(ErrorCode::ServiceUnavailable));
+    for r in rest {
+        let r = tokio::time::timeout(Duration::from_secs(60), r).await.expect("answered").unwrap();
+        // Released in flight, or arrived after the route went away.
+        let code = r.map_err(|e| e.code()).expect_err("nobody answered");
+        assert!(matches!(code, ErrorCode::ServiceUnavailable | ErrorCode::RouteNotFound), "{code:?}");
+    }
+    assert!(!routed_eventually(&s, "ext.stuck", false).await, "the route outlived the session");
+    // The server closed the socket: reading on, the peer reaches its end.
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(Ok(f)) = stuck.next().await {
+            if matches!(f, Ws::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server kept the socket open");
+}
+
+/// Only pongs (and answers) prove that a peer reads: a peer that sends its
+/// own pings but never reads is dropped after two heartbeats, while one that
+/// reads stays connected.
+#[tokio::test]
+async fn only_a_reading_peer_passes_the_heartbeat() {
+    let s = TestServer::start_with(LOCAL, |_| {}, |o| o.heartbeat_interval = Duration::from_millis(200)).await;
+    let reader = serve_forever(service(&s, "ext.reads").await, "r");
+    let mut pinger = service(&s, "ext.pings").await;
+    let mut dropped = false;
+    for _ in 0..200 {
+        if !s.bridge().routes().iter().any(|p| p == "ext.pings") {
+            dropped = true;
+            break;
+        }
+        if pinger.send(Ws::Ping(Default::default())).await.is_err() {
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dropped, "a peer that pings but never reads kept its session");
+    // Ten heartbeat intervals later, the reading peer is still served.
+    let (st, _, v) = post(format!("{}/v1/route", s.url), None, json!({"destination": "ext.reads", "payload": 1})).await;
+    assert_eq!((st, &v["payload"]["by"]), (200, &json!("r")), "{v}");
+    reader.abort();
+}
+
+/// A WebSocket session holds its connection's slot of
+/// `bridge.max_connections` until it ends.
+#[tokio::test]
+async fn sessions_count_against_max_connections() {
+    let yaml = "bridge:\n  host: 127.0.0.1\n  port: 0\n  max_connections: 1\n";
+    let s = TestServer::start(yaml, |_| {}).await;
+    let ws = service(&s, "ext.slot").await;
+    let (st, v) = get(&format!("{}/health", s.url), None).await;
+    assert_eq!((st, v["code"].as_str()), (503, Some("SERVICE_UNAVAILABLE")), "{v}");
+    assert!(tokio_tungstenite::connect_async(s.ws_url()).await.is_err(), "a second session got in");
+    drop(ws);
+    // The slot comes back when the session ends.
+    let mut st = 0;
+    for _ in 0..200 {
+        st = get(&format!("{}/health", s.url), None).await.0;
+        if st == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(st, 200);
+}
+
+/// A second message with the id of one in flight on the same session (a
+/// client's retry) is not handed to that session: the service could not
+/// tell the answers apart. With no other subscriber it is refused at once;
+/// the first is answered as usual, and the id can be used again after.
+#[tokio::test]
+async fn the_same_id_twice_in_flight_on_one_session() {
+    let s = TestServer::start(LOCAL, |_| {}).await;
+    let mut ws = service(&s, "ext.dup").await;
+    let route = format!("{}/v1/route", s.url);
+    let id = uuid::Uuid::now_v7().to_string();
+    let first = tokio::spawn(post(route.clone(), None, json!({"id": id, "destination": "ext.dup", "payload": 1})));
+    let m = next_json(&mut ws).await;
+    assert_eq!((m["type"].as_str(), m["id"].as_str()), (Some("message"), Some(id.as_str())));
+    let (st, _, v) = post(&route, None, json!({"id": id, "destination": "ext.dup", "payload": 2, "timeout": 5})).await;
+    assert_eq!((st, v["code"].as_str()), (503, Some("SERVICE_UNAVAILABLE")), "{v}");
+    assert!(v["message"].as_str().unwrap().contains("already in flight"), "{v}");
+    send(&mut ws, json!({"type": "reply", "id": id, "payload": "one"})).await;
+    let (st, _, v) = first.await.unwrap();
+    assert_eq!((st, &v["payload"]), (200, &json!("one")), "{v}");
+    // Answered: the same id may come again.
+    let again = tokio::spawn(post(route.clone(), None, json!({"id": id, "destination": "ext.dup", "payload": 3})));
+    let m = next_json(&mut ws).await;
+    assert_eq!((m["id"].as_str(), &m["payload"]), (Some(id.as_str()), &json!(3)));
+    send(&mut ws, json!({"type": "reply", "id": id, "payload": "three"})).await;
+    let (st, _, v) = again.await.unwrap();
+    assert_eq!((st, &v["payload"]), (200, &json!("three")), "{v}");
+}
+
+/// With two subscribers, the duplicate goes to the one that does not hold
+/// the id, even when round robin picks the holder first, and every caller
+/// is answered.
+#[tokio::test]
+async fn the_same_id_twice_goes_to_another_subscriber() {
+    let s = TestServer::start(LOCAL, |_| {}).await;
+    let mut a = service(&s, "ext.dup2").await;
+    let mut b = service(&s, "ext.dup2").await;
+    let route = format!("{}/v1/route", s.url);
+    let id = uuid::Uuid::now_v7().to_string();
+    let call = |id: &str, p: i32| {
+        tokio::spawn(post(route.clone(), None, json!({"id": id, "destination": "ext.dup2", "payload": p})))
+    };
+    let first = call(&id, 1);
+    let a_holds = tokio::select! {
+        m = next_json(&mut a) => { assert_eq!(m["payload"], 1); true }
+        m = next_json(&mut b) => { assert_eq!(m["payload"], 1); false }
+    };
+    let (mut holder, mut other) = if a_holds { (a, b) } else { (b, a) };
+    // Round robin: this one goes to the other subscriber...
+    let filler_id = uuid::Uuid::now_v7().to_string();
+    let filler = call(&filler_id, 2);
+    let m = next_json(&mut other).await;
+    assert_eq!(m["id"].as_str(), Some(filler_id.as_str()));
+    // ...so the holder's turn comes with the duplicate, which moves on to the other one.
+    let second = call(&id, 3);
+    let m = next_json(&mut other).await;
+    assert_eq!((m["id"].as_str(), &m["payload"]), (Some(id.as_str()), &json!(3)));
+    send(&mut other, json!({"type": "reply", "id": filler_id, "payload": "filler"})).await;
+    send(&mut other, json!({"type": "reply", "id": id, "payload": "by other"})).await;
+    send(&mut holder, json!({"type": "reply", "id": id, "payload": "by holder"})).await;
+    for (c, want) in [(first, "by holder"), (filler, "filler"), (second, "by other")] {
+        let (st, _, v) = c.await.unwrap();
+        assert_eq!((st, &v["payload"]), (200, &json!(want)), "{v}");
+    }
+}
+
+/// A reload whose config routes a pattern a connected service serves: the
+/// configured route takes it, the service is told, and the route stays when
+/// the service leaves.
+#[tokio::test]
+async fn a_reload_that_routes_a_served_pattern_keeps_the_configured_route() {
+    let s = TestServer::start(LOCAL, |_| {}).await;
+    let mut ws = service(&s, "ext.tool").await;
+    let kept = serve_forever(service(&s, "ext.kept").await, "kept");
+    let new = BridgeManager::new(BridgeConfig::from_yaml(LOCAL).unwrap()).unwrap();
+    new.register_route("ext.tool", handler_fn(|_m: Message| async move { Ok(json!("configured").into()) })).unwrap();
+    s.server.replace_bridge(new).await.unwrap();
+    let v = next_json(&mut ws).await;
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str(), v["pattern"].as_str()),
+        (Some("error"), Some("FORBIDDEN"), Some("ext.tool")),
+        "{v}"
+    );
+    let route = format!("{}/v1/route", s.url);
+    let (st, _, v) = post(&route, None, json!({"destination": "ext.tool", "payload": 1})).await;
+    assert_eq!((st, &v["payload"]), (200, &json!("configured")), "{v}");
+    // The service cannot take it back, and its leaving does not remove it.
+    send(&mut ws, json!({"type": "subscribe", "pattern": "ext.tool"})).await;
+    assert_eq!(next_json(&mut ws).await["code"], "FORBIDDEN");
+    drop(ws);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (st, _, v) = post(&route, None, json!({"destination": "ext.tool", "payload": 1})).await;
+    assert_eq!((st, &v["payload"]), (200, &json!("configured")), "{v}");
+    // A pattern the config does not route stays with its service.
+    let (st, _, v) = post(&route, None, json!({"destination": "ext.kept", "payload": 2})).await;
+    assert_eq!((st, &v["payload"]["by"]), (200, &json!("kept")), "{v}");
+    kept.abort();
 }
