@@ -1,5 +1,6 @@
 //! The listening side: accept loop, connection limit, TLS, slow-client
-//! timeouts, config reload and the graceful drain.
+//! timeouts (header and body reads here and in `api`, stalled writes in
+//! `write_timeout`), config reload and the graceful drain.
 //!
 //! axum's own `serve` has no header-read timeout, connection limit or TLS,
 //! so connections are served here with hyper directly.
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch::ApiService;
 use crate::hub::ServiceHub;
 use crate::state::{AppState, ServerOptions};
+use crate::write_timeout::WriteTimeout;
 
 /// A bridge served over HTTP and WebSocket.
 pub struct Server {
@@ -153,10 +155,12 @@ impl Server {
             let watcher = graceful.watcher();
             let tls = tls.clone();
             let handshake_timeout = opts.header_read_timeout;
+            let write_timeout = opts.write_timeout;
             tokio::spawn(async move {
                 let _permit = permit;
                 let result = match tls {
                     None => {
+                        let stream = WriteTimeout::new(stream, write_timeout);
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                         watcher.watch(conn).await
                     }
@@ -172,6 +176,7 @@ impl Server {
                                 return;
                             }
                         };
+                        let tls_stream = WriteTimeout::new(tls_stream, write_timeout);
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service).into_owned();
                         watcher.watch(conn).await
