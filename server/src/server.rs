@@ -108,6 +108,10 @@ impl Server {
         let refusals = Arc::new(Semaphore::new(REFUSALS_IN_PROGRESS));
         let mut refused_since_warning = 0u64;
         let mut last_warning: Option<std::time::Instant> = None;
+        // hyper's `pipeline_flush` stays off: with it, answers to pipelined
+        // requests are buffered without bound, where without it the write
+        // buffer's limit stops a client that reads nothing from queueing more
+        // (and `write_timeout` then closes it).
         let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
         builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout).keep_alive(true);
         let builder = Arc::new(builder);
