@@ -22,6 +22,7 @@ pub mod server;
 pub mod signing;
 pub mod state;
 pub mod tls;
+mod write_timeout;
 pub mod ws;
 
 pub use commands::run;

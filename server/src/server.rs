@@ -1,5 +1,6 @@
 //! The listening side: accept loop, connection limit, TLS, slow-client
-//! timeouts, config reload and the graceful drain.
+//! timeouts (header and body reads here and in `api`, stalled writes in
+//! `write_timeout`), config reload and the graceful drain.
 //!
 //! axum's own `serve` has no header-read timeout, connection limit or TLS,
 //! so connections are served here with hyper directly.
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch::ApiService;
 use crate::hub::ServiceHub;
 use crate::state::{AppState, ServerOptions};
+use crate::write_timeout::WriteTimeout;
 
 /// A bridge served over HTTP and WebSocket.
 pub struct Server {
@@ -116,6 +118,10 @@ impl Server {
         let refusals = Arc::new(Semaphore::new(REFUSALS_IN_PROGRESS));
         let mut refused_since_warning = 0u64;
         let mut last_warning: Option<std::time::Instant> = None;
+        // hyper's `pipeline_flush` stays off: with it, answers to pipelined
+        // requests are buffered without bound, where without it the write
+        // buffer's limit stops a client that reads nothing from queueing more
+        // (and `write_timeout` then closes it).
         let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
         builder.http1().timer(TokioTimer::new()).header_read_timeout(opts.header_read_timeout).keep_alive(true);
         let builder = Arc::new(builder);
@@ -165,10 +171,12 @@ impl Server {
             let watcher = graceful.watcher();
             let tls = tls.clone();
             let handshake_timeout = opts.header_read_timeout;
+            let write_timeout = opts.write_timeout;
             tokio::spawn(async move {
                 let _permit = permit;
                 let result = match tls {
                     None => {
+                        let stream = WriteTimeout::new(stream, write_timeout);
                         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
                         watcher.watch(conn).await
                     }
@@ -184,6 +192,7 @@ impl Server {
                                 return;
                             }
                         };
+                        let tls_stream = WriteTimeout::new(tls_stream, write_timeout);
                         let conn =
                             builder.serve_connection_with_upgrades(TokioIo::new(tls_stream), service).into_owned();
                         watcher.watch(conn).await

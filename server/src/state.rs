@@ -34,6 +34,9 @@ pub struct ServerOptions {
     pub header_read_timeout: Duration,
     /// Time a client has to send a request body once the headers arrived.
     pub body_read_timeout: Duration,
+    /// Time a write to a client may wait without progress (the client reads
+    /// nothing) before its connection is closed and its slot freed.
+    pub write_timeout: Duration,
     /// Ping interval of connected services; two missed ones drop the peer.
     pub heartbeat_interval: Duration,
     /// Frames waiting to be written to one connected service; a service that
@@ -61,6 +64,7 @@ impl ServerOptions {
             max_connections: config.bridge.max_connections,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(15),
             ws_outbound_frames: WS_OUTBOUND_FRAMES,
             auth_timeout: Duration::from_secs(10),
