@@ -118,19 +118,19 @@ fn spawn_serve(config: &std::path::Path) -> Served {
 
 /// `serve` on `config`, expecting it to listen with `scheme` on 127.0.0.1.
 fn spawn_serve_as(config: &std::path::Path, scheme: &str) -> Served {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--echo", "cli.echo", "--log-format", "json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let config = config.to_str().unwrap();
+    let (child, line) = spawn_with(&["serve", "--config", config, "--echo", "cli.echo", "--log-format", "json"]);
     let url = line.trim().rsplit(' ').next().unwrap().to_string();
     assert!(url.starts_with(&format!("{scheme}://127.0.0.1:")), "{line}");
     Served { child, url }
+}
+
+/// The binary with `args`, and the first line it printed.
+fn spawn_with(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(BIN).args(args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -197,14 +197,7 @@ async fn sighup_with_a_bad_file_keeps_serving_and_a_good_one_reloads() {
 #[tokio::test]
 async fn sighup_without_a_config_file_keeps_serving() {
     // The embedded defaults listen on localhost:8000.
-    let mut child = Command::new(BIN)
-        .args(["serve", "--echo", "cli.echo"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let (mut child, line) = spawn_with(&["serve", "--echo", "cli.echo"]);
     let Some(url) = line.trim().strip_prefix("dreamos-bridge listening on ").map(str::to_string) else {
         let _ = child.kill();
         let _ = child.wait();
