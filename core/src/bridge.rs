@@ -439,6 +439,21 @@ impl BridgeManager {
         self.inner.routes.write().remove(pattern).is_some()
     }
 
+    /// Remove the route with exactly this pattern if it runs an in-process
+    /// handler for which `owned` says yes; `true` if it was removed. For a
+    /// component that registered a route and withdraws it later: a route
+    /// someone registered over it since stays. `owned` runs under the route
+    /// table's lock, so keep it to a check (e.g. [`Handler::as_any`] and a
+    /// pointer comparison).
+    pub fn unregister_route_if(&self, pattern: &str, owned: impl FnOnce(&dyn Handler) -> bool) -> bool {
+        let mut routes = self.inner.routes.write();
+        let ours = match routes.get(pattern).map(|r| &r.target) {
+            Some(Target::Handler(h)) => owned(h.as_ref()),
+            _ => false,
+        };
+        ours && routes.remove(pattern).is_some()
+    }
+
     /// The registered patterns.
     pub fn routes(&self) -> Vec<String> {
         self.inner.routes.read().values().iter().map(|r| r.pattern.to_string()).collect()

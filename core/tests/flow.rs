@@ -433,6 +433,18 @@ async fn a_cancelled_replay_keeps_the_dead_letter() {
 }
 
 #[tokio::test]
+async fn unregister_route_if_removes_only_what_the_caller_owns() {
+    let b = running("").await;
+    b.register_route("owned.route", echo()).unwrap();
+    assert!(!b.unregister_route_if("owned.route", |_| false), "not ours: stays");
+    assert_eq!(b.routes(), vec!["owned.route".to_string()]);
+    assert!(!b.unregister_route_if("no.such.route", |_| true));
+    assert!(b.unregister_route_if("owned.route", |_| true));
+    assert!(b.routes().is_empty());
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn shutdown_answers_every_caller() {
     let b = running("").await;
     b.register_route(

@@ -398,9 +398,19 @@ impl ServiceHub {
             (subs.len() != before, subs.is_empty())
         };
         if empty {
+            // Only the hub's own route goes: an in-process handler registered
+            // over it since (by an embedder) stays.
+            let group = h.group.clone();
             groups.remove(pattern);
-            bridge.unregister_route(pattern);
-            tracing::info!(pattern, "last connected service left; route removed");
+            let ours = bridge.unregister_route_if(pattern, |handler| {
+                handler
+                    .as_any()
+                    .and_then(|a| a.downcast_ref::<ConnectedServiceHandler>())
+                    .is_some_and(|c| Arc::ptr_eq(&c.group, &group))
+            });
+            if ours {
+                tracing::info!(pattern, "last connected service left; route removed");
+            }
         }
         removed
     }

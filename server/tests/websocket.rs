@@ -487,3 +487,25 @@ async fn a_reload_that_routes_a_served_pattern_keeps_the_configured_route() {
     assert_eq!((st, &v["payload"]["by"]), (200, &json!("kept")), "{v}");
     kept.abort();
 }
+
+/// An embedder registers an in-process handler over a pattern a connected
+/// service serves: the service's leaving must not remove that handler.
+#[tokio::test]
+async fn a_handler_registered_over_a_served_pattern_survives_the_service_leaving() {
+    let s = TestServer::start(LOCAL, |_| {}).await;
+    let ws = service(&s, "ext.shared").await;
+    s.server
+        .bridge()
+        .register_route("ext.shared", handler_fn(|_m: Message| async move { Ok(json!("in-process").into()) }))
+        .unwrap();
+    drop(ws);
+    let route = format!("{}/v1/route", s.url);
+    // The hub notices the socket closing; the in-process route answers throughout.
+    for _ in 0..10 {
+        let (st, _, v) = post(&route, None, json!({"destination": "ext.shared", "payload": 1})).await;
+        assert_eq!((st, &v["payload"]), (200, &json!("in-process")), "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(s.server.state().hub.handler("ext.shared").is_none(), "the hub let go of the pattern");
+    assert_eq!(s.server.bridge().routes(), vec!["ext.shared".to_string()]);
+}
