@@ -212,6 +212,9 @@ const RUNNING: u8 = 1;
 const DRAINING: u8 = 2;
 const STOPPED: u8 = 3;
 
+/// The deadline of a call whose timeout is too large to add to the clock.
+const FAR_DEADLINE: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// The bridge. Cheap to clone: clones share one engine.
 #[derive(Clone)]
 pub struct BridgeManager {
@@ -620,8 +623,10 @@ impl BridgeManager {
         route.stats.accept();
         acct.route = Some(route.stats.clone());
         let timeout = opts.timeout.or(route.timeout).unwrap_or(inner.config.bridge.request_timeout.get());
-        // The clock was read when accounting started, microseconds ago.
-        let deadline = acct.started + timeout;
+        // The clock was read when accounting started, microseconds ago. A
+        // timeout too large to add (`Duration::MAX`) means no deadline to
+        // speak of: a year.
+        let deadline = acct.started.checked_add(timeout).unwrap_or_else(|| acct.started + FAR_DEADLINE);
         msg.deadline = Some(deadline);
         Ok(Call { acct, msg, route, principal, deadline, permit: None, admitted: false, rated: false })
     }
@@ -1114,7 +1119,18 @@ impl Call {
 
     /// Publish delivery: retries with backoff, then the dead-letter store.
     async fn deliver_in_background(mut self) {
-        if let Err((error, attempts)) = self.deliver_with_retries().await {
+        use futures_util::FutureExt;
+        // A panic in a delivery (a handler's, or a bug) must not lose an
+        // accepted publish: it becomes an INTERNAL dead letter.
+        let outcome = match std::panic::AssertUnwindSafe(self.deliver_with_retries()).catch_unwind().await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let e = BridgeError::internal("the delivery panicked; the message is kept as a dead letter");
+                self.acct.complete::<()>(&Err(e.clone()));
+                Err((e, 1))
+            }
+        };
+        if let Err((error, attempts)) = outcome {
             let inner = self.acct.inner.clone();
             inner.store_dead_letter(DeadLetter {
                 id: self.msg.id,

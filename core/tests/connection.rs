@@ -498,6 +498,23 @@ async fn retry_after_is_honoured() {
     assert_eq!(e.retry_after(), Some(Duration::from_secs(30)));
     assert_eq!(s.hits("/limited").len(), 1);
     b.shutdown().await;
+
+    // An absurd Retry-After (u64::MAX seconds) is capped: no overflow, the
+    // 429 comes back with a day's Retry-After...
+    let s = Server::start().await;
+    let b = bridge(&s.url(), "", "").await;
+    *s.srv.retry_after.lock() = u64::MAX.to_string();
+    let e = call_within(&b, "svc.limited", Duration::from_secs(2)).await.unwrap_err();
+    assert_eq!((e.code(), e.status()), (ErrorCode::UpstreamError, Some(429)));
+    assert_eq!(e.retry_after(), Some(Duration::from_secs(24 * 60 * 60)));
+    b.shutdown().await;
+    // ... and a publish that meets it is dead-lettered, not lost.
+    let s = Server::start().await;
+    let b = bridge(&s.url(), "", "").await;
+    *s.srv.retry_after.lock() = u64::MAX.to_string();
+    let id = b.publish(Message::new("svc.limited", json!({})), CallOptions::default()).await.unwrap();
+    eventually("the publish is dead-lettered", async || b.dead_letters().iter().any(|d| d.id == id)).await;
+    b.shutdown().await;
 }
 
 fn httpdate_fmt(t: std::time::SystemTime) -> String {

@@ -603,7 +603,7 @@ impl ServiceClient {
                 _ => None,
             };
             let wait = self.retry.backoff(retry, retry_after);
-            if Instant::now() + wait >= deadline {
+            if wait >= deadline.saturating_duration_since(Instant::now()) {
                 tracing::debug!(service = %self.name, ?wait, "no time left for another attempt");
                 return Err(self.error(&failure, retry + 1));
             }
