@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -42,7 +42,9 @@ impl Gcra {
     /// A limiter for `rate` with `burst` cells (at least 1; `None`: one
     /// second's worth, so a rate of 100/s allows bursts of 100).
     pub fn new(rate: Rate, burst: Option<u32>) -> Self {
-        let emission_ns = (1e9 / rate.per_second).max(1.0) as u64;
+        // At most a year between cells: slower rates are taken as one a
+        // year, which keeps the arrival times far from u64 overflow.
+        let emission_ns = (1e9 / rate.per_second).clamp(1.0, MAX_EMISSION_NS as f64) as u64;
         let burst = burst.unwrap_or_else(|| rate.per_second.ceil().max(1.0) as u32).max(1) as u64;
         Gcra { emission_ns, tolerance_ns: emission_ns.saturating_mul(burst), tat: AtomicU64::new(0) }
     }
@@ -61,7 +63,7 @@ impl Gcra {
         let max_wait_ns = max_wait.as_nanos().min(u64::MAX as u128) as u64;
         let mut tat = self.tat.load(Ordering::Relaxed);
         loop {
-            let new_tat = tat.max(now) + self.emission_ns;
+            let new_tat = tat.max(now).saturating_add(self.emission_ns);
             let ahead = new_tat - now;
             let wait = ahead.saturating_sub(self.tolerance_ns);
             if wait > max_wait_ns {
@@ -82,18 +84,30 @@ impl Gcra {
     }
 }
 
+/// The longest interval between cells: a year, in nanoseconds.
+const MAX_EMISSION_NS: u64 = 365 * 24 * 3600 * 1_000_000_000;
+
+/// Keys kept before idle limiters are pruned.
+const PRUNE_ABOVE: usize = 4096;
+
 /// A GCRA limiter per key (principal), created on first use.
+///
+/// Keys come from callers (with OIDC, every distinct subject is one), so
+/// the map is pruned: a limiter whose next arrival time has passed is in
+/// the same state as a new one, and is dropped once the map has grown past
+/// [`PRUNE_ABOVE`] keys or doubled since the last pruning.
 #[derive(Debug)]
 pub struct KeyedGcra {
     rate: Rate,
     burst: Option<u32>,
     limiters: DashMap<Arc<str>, Arc<Gcra>>,
+    prune_at: AtomicUsize,
 }
 
 impl KeyedGcra {
     /// Every key gets `rate` with `burst`.
     pub fn new(rate: Rate, burst: Option<u32>) -> Self {
-        KeyedGcra { rate, burst, limiters: DashMap::new() }
+        KeyedGcra { rate, burst, limiters: DashMap::new(), prune_at: AtomicUsize::new(PRUNE_ABOVE) }
     }
 
     /// The limiter of `key`.
@@ -101,13 +115,48 @@ impl KeyedGcra {
         if let Some(l) = self.limiters.get(key) {
             return l.clone();
         }
+        if self.limiters.len() >= self.prune_at.load(Ordering::Relaxed) {
+            self.prune();
+        }
         self.limiters.entry(key.clone()).or_insert_with(|| Arc::new(Gcra::new(self.rate, self.burst))).clone()
+    }
+
+    /// Drop the limiters that are idle (equivalent to new ones); the next
+    /// pruning waits until the map has doubled, so each new key pays O(1).
+    fn prune(&self) {
+        let now = now_ns();
+        self.limiters.retain(|_, g| g.tat.load(Ordering::Relaxed) > now);
+        self.prune_at.store((self.limiters.len() * 2).max(PRUNE_ABOVE), Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tiny_rate_does_not_overflow() {
+        let g = Gcra::new(Rate::per_second(1e-11), Some(1));
+        g.check().unwrap();
+        assert!(g.check().is_err());
+        assert!(g.check().is_err());
+    }
+
+    #[test]
+    fn idle_keys_are_pruned() {
+        let k = KeyedGcra::new(Rate::per_second(1000.0), Some(1));
+        for i in 0..PRUNE_ABOVE {
+            k.get(&Arc::from(format!("p{i}"))).check().unwrap();
+        }
+        assert_eq!(k.limiters.len(), PRUNE_ABOVE);
+        // A millisecond later every limiter is idle again.
+        std::thread::sleep(Duration::from_millis(5));
+        let busy: Arc<str> = Arc::from("busy");
+        k.get(&busy).check().unwrap();
+        assert_eq!(k.limiters.len(), 1, "only the new key is left");
+        // A busy key keeps its state: its next cell is still booked.
+        assert!(k.get(&busy).check().is_err());
+    }
 
     #[test]
     fn burst_then_reject_with_retry_after() {
