@@ -1016,7 +1016,16 @@ impl Call {
             };
             self.rated = true;
             if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+                // Shutdown ends the wait: nothing may start after it.
+                let stopped = tokio::select! {
+                    _ = tokio::time::sleep(wait) => false,
+                    _ = self.acct.inner.cancel.cancelled() => true,
+                };
+                if stopped {
+                    let e = BridgeError::shutdown();
+                    self.acct.complete::<()>(&Err(e.clone()));
+                    return Err(e);
+                }
             }
         }
         let permit = match self.route.queue.try_admit() {
@@ -1089,6 +1098,9 @@ impl Call {
             Target::Handler(h) if self.admitted && self.deadline > self.acct.started => h.clone(),
             _ => return AnswerNow::Later(self),
         };
+        if self.acct.inner.cancel.is_cancelled() {
+            return AnswerNow::Later(self);
+        }
         let Call { mut acct, msg, route, deadline, principal, permit, admitted, rated } = self;
         let result = match call_now_guarded(&h, msg) {
             AnswerNow::Answered(result) => result,
@@ -1202,6 +1214,10 @@ async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Messag
             };
         }
     };
+    // Admitted before a shutdown that has begun since: the handler does not run.
+    if inner.cancel.is_cancelled() {
+        return Err(BridgeError::shutdown());
+    }
     let span = span();
     // A handler that never waits answers here: no future, no timer.
     let msg = match call_now_guarded(h, msg) {

@@ -445,6 +445,35 @@ async fn unregister_route_if_removes_only_what_the_caller_owns() {
 }
 
 #[tokio::test]
+async fn shutdown_ends_a_wait_for_a_rate_limit_cell() {
+    let b = running("routes:\n  - pattern: slow.rate\n    rate_limit: 10/min\n    burst: 1\n").await;
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    b.register_route(
+        "slow.rate",
+        handler_fn(move |m: Message| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(m.payload)
+            }
+        }),
+    )
+    .unwrap();
+    b.route(Message::new("slow.rate", json!(1)), CallOptions::default()).await.unwrap();
+    // The next cell is 6 s away: this call waits for it.
+    let waiting = {
+        let b = b.clone();
+        tokio::spawn(async move { b.route(Message::new("slow.rate", json!(2)), CallOptions::default()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    b.shutdown_with_grace(Duration::from_millis(100)).await;
+    let r = tokio::time::timeout(Duration::from_secs(3), waiting).await.expect("the waiting call ended").unwrap();
+    assert_eq!(code(r), ErrorCode::Shutdown);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the handler did not run after shutdown");
+}
+
+#[tokio::test]
 async fn shutdown_answers_every_caller() {
     let b = running("").await;
     b.register_route(
