@@ -362,6 +362,7 @@ pub enum ServiceAuth {
     /// HTTP basic auth.
     Basic {
         /// User name.
+        #[serde(deserialize_with = "text")]
         username: String,
         /// Password.
         password: Secret,
@@ -371,6 +372,7 @@ pub enum ServiceAuth {
         /// Token endpoint.
         token_url: String,
         /// Client id.
+        #[serde(deserialize_with = "text")]
         client_id: String,
         /// Client secret.
         client_secret: Secret,
@@ -589,9 +591,25 @@ impl<'de> Deserialize<'de> for Rate {
 }
 
 /// A secret string: `Debug` never shows it.
+///
+/// A number or boolean is taken as its text: a secret from `${VAR}` whose
+/// value happens to be all digits arrives as a number (see [`expand_env`]),
+/// and must not be refused with its value in the error.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
-pub struct Secret(String);
+pub struct Secret(#[serde(deserialize_with = "text")] String);
+
+/// A string field that also takes a number or boolean as its text (for
+/// values that come from `${VAR}`: ids, user names, secrets).
+fn text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::Bool(b) => Ok(b.to_string()),
+        // The value is not echoed: this may be a secret.
+        _ => Err(serde::de::Error::custom("expected a string")),
+    }
+}
 
 impl Secret {
     /// Wrap a secret.
@@ -873,18 +891,21 @@ impl SecurityConfig {
 }
 
 /// Replace `${VAR}` in every string; `$$` is a literal `$`. A string that is
-/// exactly one `${VAR}` whose value reads as a number or boolean becomes that
-/// number or boolean, so `port: ${PORT}` works.
+/// exactly one `${VAR}` whose value reads as a number (written as a number
+/// is written back: `8080`, not `1e5`) or a boolean becomes that number or
+/// boolean, so `port: ${PORT}` works; string fields take it back as text.
 fn expand_env(value: &mut serde_json::Value, path: &mut String, lookup: &dyn Fn(&str) -> Option<String>) -> Result<()> {
     use serde_json::Value;
     match value {
         Value::String(s) if s.contains('$') => {
             let whole_var = s.starts_with("${") && s.ends_with('}') && s[2..].find('}') == Some(s.len() - 3);
             let expanded = expand_str(s, path, lookup)?;
+            // A number only when it reads back as the same text: "1e5" or
+            // "007" stay strings (a secret must arrive exactly as it is).
             *value = match whole_var {
                 true => serde_yaml_ng::from_str::<Value>(&expanded)
                     .ok()
-                    .filter(|v| v.is_number() || v.is_boolean())
+                    .filter(|v| v.is_boolean() || (v.is_number() && v.to_string() == expanded))
                     .unwrap_or(Value::String(expanded)),
                 false => Value::String(expanded),
             };
@@ -1060,6 +1081,41 @@ mod tests {
             "{}",
             e.message()
         );
+    }
+
+    #[test]
+    fn numbers_from_env_stay_exact_and_string_fields_take_them() {
+        let env = |n: &str| match n {
+            "EXP" => Some("1e5".to_string()),
+            "ZEROS" => Some("007".to_string()),
+            "DIGITS" => Some("98765432101234".to_string()),
+            _ => None,
+        };
+        let mut v = serde_json::json!({"a": "${EXP}", "b": "${ZEROS}", "c": "${DIGITS}"});
+        expand_env(&mut v, &mut String::new(), &env).unwrap();
+        assert_eq!(v, serde_json::json!({"a": "1e5", "b": "007", "c": 98765432101234u64}));
+        // A secret, a client id and a user name that arrive as numbers are taken as their text.
+        let cfg = BridgeConfig::from_value(serde_json::json!({"services": {
+            "t": {"url": "http://127.0.0.1:1", "auth": {"type": "bearer", "token": 98765432101234u64}},
+            "b": {"url": "http://127.0.0.1:1", "auth": {"type": "basic", "username": 42, "password": true}},
+        }}))
+        .unwrap();
+        match &cfg.services["t"].auth {
+            Some(ServiceAuth::Bearer { token }) => assert_eq!(token.expose(), "98765432101234"),
+            other => panic!("{other:?}"),
+        }
+        match &cfg.services["b"].auth {
+            Some(ServiceAuth::Basic { username, password }) => {
+                assert_eq!((username.as_str(), password.expose()), ("42", "true"))
+            }
+            other => panic!("{other:?}"),
+        }
+        // A secret of the wrong shape is refused without being echoed.
+        let e = BridgeConfig::from_value(serde_json::json!({"services": {
+            "t": {"url": "http://127.0.0.1:1", "auth": {"type": "bearer", "token": ["hunter2"]}},
+        }}))
+        .unwrap_err();
+        assert!(!e.message().contains("hunter2"), "{}", e.message());
     }
 
     #[test]

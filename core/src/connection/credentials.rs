@@ -206,8 +206,18 @@ struct TokenResponse {
     access_token: String,
     #[serde(default)]
     token_type: Option<String>,
-    #[serde(default)]
+    /// Seconds; some endpoints send it as a string ("3599"). A value that
+    /// is neither is ignored (the default lifetime applies).
+    #[serde(default, deserialize_with = "lenient_seconds")]
     expires_in: Option<f64>,
+}
+
+fn lenient_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    })
 }
 
 impl OAuth2 {
@@ -378,6 +388,16 @@ pub(crate) async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expires_in_may_be_a_number_or_a_numeric_string() {
+        let parse = |body: &str| serde_json::from_str::<TokenResponse>(body).unwrap().expires_in;
+        assert_eq!(parse(r#"{"access_token": "t", "expires_in": 3599}"#), Some(3599.0));
+        assert_eq!(parse(r#"{"access_token": "t", "expires_in": "3599"}"#), Some(3599.0));
+        assert_eq!(parse(r#"{"access_token": "t", "expires_in": "soon"}"#), None);
+        assert_eq!(parse(r#"{"access_token": "t", "expires_in": null}"#), None);
+        assert_eq!(parse(r#"{"access_token": "t"}"#), None);
+    }
 
     fn client() -> reqwest::Client {
         reqwest::Client::new()
