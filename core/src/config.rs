@@ -905,7 +905,7 @@ fn expand_env(value: &mut serde_json::Value, path: &mut String, lookup: &dyn Fn(
             *value = match whole_var {
                 true => serde_yaml_ng::from_str::<Value>(&expanded)
                     .ok()
-                    .filter(|v| v.is_boolean() || (v.is_number() && v.to_string() == expanded))
+                    .filter(|v| v.is_boolean() || v.as_number().is_some_and(|n| n.to_string() == expanded))
                     .unwrap_or(Value::String(expanded)),
                 false => Value::String(expanded),
             };
