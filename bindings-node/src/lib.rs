@@ -263,6 +263,18 @@ impl JsBridgeManager {
         self.bridge.register_route(&pattern, handler::rust_echo()).map_err(|e| throw(env.raw(), &e))
     }
 
+    /// Test only: a Promise whose engine future panics after suspending once
+    /// (so on a tokio thread). It must reject with `INTERNAL`, never stay
+    /// pending with Node kept alive.
+    #[napi(js_name = "__testPanic", skip_typescript, catch_unwind)]
+    pub fn test_panic<'e>(&self, env: &'e Env) -> napi::Result<Unknown<'e>> {
+        let p = self.settler.promise(env.raw(), async move {
+            tokio::task::yield_now().await;
+            panic!("dreamos_bridge test hook: a deliberate panic in a future on tokio")
+        })?;
+        Ok(unknown(env.raw(), p))
+    }
+
     /// The handle `route()`'s JS side passes to the native half of its
     /// fast path (see `json_text`): an external holding this bridge's core.
     #[napi(js_name = "__handle", skip_typescript, catch_unwind)]
