@@ -469,7 +469,7 @@ test('a getter or Proxy trap that throws rejects with INVALID_MESSAGE, never a s
             },
           },
         ),
-      'opt boom',
+      'options.token could not be read: opt boom',
     ],
     [() => bridge.publish('agents.echo', bad), 'getter boom'],
     [

@@ -567,7 +567,8 @@ fn call_args(
         if convert::type_of(env, o) != T::napi_object {
             return Err(BridgeError::invalid("options must be an object {token, timeout, headers}"));
         }
-        let field = |name: &str| convert::get_named(env, o, name).map_err(|c| c.into_bridge(name));
+        let field =
+            |name: &str| convert::get_named(env, o, name).map_err(|c| c.into_bridge(&format!("options.{name}")));
         opts.token = token_string(env, field("token")?)?;
         let timeout = field("timeout")?;
         if !convert::is_nullish(env, timeout) {

@@ -49,7 +49,7 @@ pub fn headers_from_py(py: Python<'_>, headers: Option<&Bound<'_, PyAny>>) -> Py
                         )
                     })
                 };
-                out.push((text(&k, "name")?, text(&v, "value")?))
+                out.push((text(k, "name")?, text(v, "value")?))
             }
             _ => return Err(to_pyerr(py, &BridgeError::invalid("headers must be a dict of str to str"))),
         }
