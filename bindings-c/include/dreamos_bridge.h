@@ -201,7 +201,9 @@ dreamos_status dreamos_bridge_shutdown(const dreamos_bridge *b);
  * release it. Blocks until every handler call and completion callback of this
  * bridge has returned (those running on the calling thread excepted), so
  * that after it returns the library no longer uses any `user_data` given to
- * it. NULL is a no-op. `b` must not be used afterwards.
+ * it. NULL is a no-op. `b` must not be used afterwards. In a child forked
+ * after the library started its threads it returns at once and leaks the
+ * handle (nothing of it can run there; waiting would hang forever).
  *
  * # Safety
  * `b` is NULL or a live bridge that no other thread is using.

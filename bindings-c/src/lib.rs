@@ -161,7 +161,9 @@ pub unsafe extern "C" fn dreamos_bridge_shutdown(b: *const dreamos_bridge) -> dr
 /// release it. Blocks until every handler call and completion callback of this
 /// bridge has returned (those running on the calling thread excepted), so
 /// that after it returns the library no longer uses any `user_data` given to
-/// it. NULL is a no-op. `b` must not be used afterwards.
+/// it. NULL is a no-op. `b` must not be used afterwards. In a child forked
+/// after the library started its threads it returns at once and leaks the
+/// handle (nothing of it can run there; waiting would hang forever).
 ///
 /// # Safety
 /// `b` is NULL or a live bridge that no other thread is using.
@@ -169,6 +171,14 @@ pub unsafe extern "C" fn dreamos_bridge_shutdown(b: *const dreamos_bridge) -> dr
 pub unsafe extern "C" fn dreamos_bridge_free(b: *mut dreamos_bridge) {
     guard_void(|| {
         if b.is_null() {
+            return;
+        }
+        // In a child forked after the runtime started, shutting down cannot
+        // run and a call pending at fork() never finishes (its thread stayed
+        // in the parent), so waiting for idle would hang forever; dropping
+        // the bridge could block on a lock some parent thread held at fork().
+        // The handle is leaked instead: the child's memory ends with it.
+        if runtime::forked_child() {
             return;
         }
         // SAFETY: a pointer from Box::into_raw in new_bridge, freed once here.

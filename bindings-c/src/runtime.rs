@@ -66,6 +66,12 @@ pub(crate) fn runtime() -> FfiResult<&'static Runtime> {
     Ok(rt)
 }
 
+/// Is this a child forked after the runtime started? Its runtime threads
+/// and the calls they were running did not come along.
+pub(crate) fn forked_child() -> bool {
+    matches!(RUNTIME.get(), Some(Ok((_, pid))) if *pid != std::process::id())
+}
+
 /// Is the calling thread one of the library's own (a C handler or a
 /// completion callback is running on it)?
 pub(crate) fn on_bridge_thread() -> bool {

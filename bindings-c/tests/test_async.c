@@ -4,10 +4,13 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "check.h"
 
@@ -249,10 +252,66 @@ static void test_free_with_calls_in_flight(void) {
     atomic_store(&gate_open, 1);
 }
 
+/* dreamos_bridge_free in a child forked while a call was pending returns at
+ * once (the handle is leaked there) instead of waiting forever for a call
+ * whose thread stayed in the parent. */
+static atomic_int fork_handler_started;
+static atomic_int fork_gate_open;
+
+static dreamos_status fork_slow_handler(void *user_data, const char *message_json, char **reply_json_out) {
+    (void)user_data;
+    (void)message_json;
+    atomic_store(&fork_handler_started, 1);
+    for (int i = 0; i < 30000 && !atomic_load(&fork_gate_open); i++) sleep_ms(1);
+    *reply_json_out = strdup("{\"n\": \"late\"}");
+    return DREAMOS_OK;
+}
+
+static void test_free_in_forked_child_does_not_hang(void) {
+    dreamos_bridge *b = NULL;
+    CHECK_STATUS(dreamos_bridge_new(NULL, &b), DREAMOS_OK);
+    CHECK_STATUS(dreamos_bridge_initialize(b), DREAMOS_OK);
+    CHECK_STATUS(dreamos_bridge_register_route(b, "c.forkslow", fork_slow_handler, NULL), DREAMOS_OK);
+    struct tally t;
+    tally_init(&t, 1);
+    CHECK_STATUS(dreamos_bridge_route_async(b, NULL, "c.forkslow", "{}", 60000, count_completion, &t), DREAMOS_OK);
+    for (int i = 0; i < 10000 && !atomic_load(&fork_handler_started); i++) sleep_ms(1);
+    CHECK(atomic_load(&fork_handler_started));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dreamos_bridge_free(b);
+        _exit(0); /* skip exit handlers (and leak checks) in the child */
+    }
+    CHECK(pid > 0);
+    /* Generous: the child has nothing to wait for, so it exits at once unless it hangs. */
+    int wstatus = 0;
+    pid_t waited = 0;
+    for (int i = 0; i < 3000 && waited == 0; i++) {
+        waited = waitpid(pid, &wstatus, WNOHANG);
+        if (waited == 0) sleep_ms(10);
+    }
+    if (waited == 0) {
+        fprintf(stderr, "dreamos_bridge_free hung in the forked child\n");
+        kill(pid, SIGKILL);
+        waitpid(pid, &wstatus, 0);
+        CHECK(!"dreamos_bridge_free returned in the forked child");
+    } else {
+        CHECK(waited == pid && WIFEXITED(wstatus) && WEXITSTATUS(wstatus) == 0);
+    }
+    /* The parent's call still completes normally. */
+    atomic_store(&fork_gate_open, 1);
+    CHECK(tally_wait(&t));
+    CHECK(atomic_load(&t.ok) == 1);
+    tally_destroy(&t);
+    dreamos_bridge_free(b);
+}
+
 int main(void) {
     main_thread = pthread_self();
     test_many_async_completions();
     test_reentrant_calls();
     test_free_with_calls_in_flight();
+    test_free_in_forked_child_does_not_hang();
     return finish();
 }

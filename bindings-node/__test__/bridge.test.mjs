@@ -131,14 +131,17 @@ test('route(dest, payload) fast path: odd values give the same answer as the wal
   // A payload too long for one JSON string still rejects with INVALID_MESSAGE.
   const e = await rejection(bridge.route('rust.echo', { s: '\u0001'.repeat(1e8) }))
   assert.equal(e.code, 'INVALID_MESSAGE')
-  // A getter that throws: the call throws it, as before the fast path.
-  assert.throws(() =>
+  // A getter that throws: the text form gives up, the walk rejects with
+  // INVALID_MESSAGE naming it (never a synchronous throw).
+  const g = await rejection(
     bridge.route('rust.echo', {
       get bad() {
         throw new Error('getter broke')
       },
     }),
   )
+  assert.equal(g.code, 'INVALID_MESSAGE')
+  assert.ok(g.message.includes('payload.bad could not be read: getter broke'), g.message)
   assert.equal(typeof bridge.__handle, 'undefined', 'the fast path handle is not public')
   assert.deepEqual(await bridge.route('rust.echo', { still: 'works' }), { still: 'works' })
   await bridge.shutdown()
@@ -430,6 +433,80 @@ test('a toJSON() that throws is INVALID_MESSAGE and leaves the bridge working', 
   const e = await rejection(bridge.route('agents.echo', { inner: bad }))
   assert.equal(e.code, 'INVALID_MESSAGE')
   assert.ok(e.message.includes('toJSON'))
+  assert.equal(await bridge.route('agents.echo', 'ok'), 'ok')
+  await bridge.shutdown()
+})
+
+test('a getter or Proxy trap that throws rejects with INVALID_MESSAGE, never a synchronous throw', async () => {
+  const bridge = await started()
+  bridge.registerRoute('agents.echo', (m) => m.payload)
+  const bad = {
+    get x() {
+      throw new Error('getter boom')
+    },
+  }
+  const trap = new Proxy(
+    {},
+    {
+      ownKeys() {
+        throw new Error('proxy boom')
+      },
+    },
+  )
+  const cases = [
+    [() => bridge.route('agents.echo', bad), 'payload.x could not be read: getter boom'],
+    [() => bridge.route({ destination: 'agents.echo', payload: bad }), 'getter boom'],
+    [() => bridge.route('agents.echo', { a: [1, bad] }), 'payload.a[1].x could not be read: getter boom'],
+    [() => bridge.route('agents.echo', trap), 'proxy boom'],
+    [
+      () =>
+        bridge.route(
+          'agents.echo',
+          {},
+          {
+            get token() {
+              throw new Error('opt boom')
+            },
+          },
+        ),
+      'options.token could not be read: opt boom',
+    ],
+    [() => bridge.publish('agents.echo', bad), 'getter boom'],
+    [
+      () =>
+        bridge.route('agents.echo', {
+          get x() {
+            throw 'a thrown string'
+          },
+        }),
+      'a thrown string',
+    ],
+  ]
+  for (const [call, text] of cases) {
+    const p = call()
+    assert.ok(p instanceof Promise, `expected a Promise for ${text}`)
+    const e = await rejection(p)
+    assert.equal(e.code, 'INVALID_MESSAGE')
+    assert.ok(e.message.includes(text), `${e.message} should include ${text}`)
+  }
+  assert.deepEqual(await bridge.route('agents.echo', { ok: 1 }), { ok: 1 })
+  await bridge.shutdown()
+})
+
+test('a panic in an engine future rejects with INTERNAL instead of leaving the Promise pending', async () => {
+  const bridge = await started()
+  // Without the guard the Promise never settles and keeps Node alive: the
+  // race turns that into a failure here instead of a hung test run.
+  let timer
+  const hung = new Promise((resolve) => {
+    timer = setTimeout(() => resolve('still pending'), 30_000)
+  })
+  const outcome = await Promise.race([rejection(bridge.__testPanic()), hung])
+  clearTimeout(timer)
+  assert.notEqual(outcome, 'still pending')
+  assert.equal(outcome.code, 'INTERNAL')
+  assert.ok(outcome.message.includes('panicked'))
+  bridge.registerRustEcho('agents.echo')
   assert.equal(await bridge.route('agents.echo', 'ok'), 'ok')
   await bridge.shutdown()
 })

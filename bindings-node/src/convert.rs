@@ -42,12 +42,66 @@ impl ConvError {
 
 type CResult<T> = Result<T, ConvError>;
 
-fn ok(status: sys::napi_status) -> CResult<()> {
+/// An N-API status as a conversion result. Reading a property can run JS (a
+/// getter, a Proxy trap) that throws: the exception is taken off the env and
+/// its message put in the error, so the call rejects with `INVALID_MESSAGE`
+/// instead of the caller's exception escaping synchronously.
+fn ok(env: sys::napi_env, status: sys::napi_status) -> CResult<()> {
     if status == sys::Status::napi_ok {
-        Ok(())
-    } else {
-        Err(ConvError::new(format!("could not be read (N-API status {status})")))
+        return Ok(());
     }
+    match take_exception(env) {
+        Some(thrown) => Err(ConvError::new(format!("could not be read: {thrown}"))),
+        None => Err(ConvError::new(format!("could not be read (N-API status {status})"))),
+    }
+}
+
+/// Take the pending JS exception, if any, and describe it: an Error's
+/// `message`, or the thrown value as a string. Reading that message may
+/// itself throw; such a throw is dropped too, leaving the env clean.
+fn take_exception(env: sys::napi_env) -> Option<String> {
+    let mut pending = false;
+    let mut exc = ptr::null_mut();
+    // SAFETY: plain queries on the current env.
+    unsafe {
+        if sys::napi_is_exception_pending(env, &mut pending) != sys::Status::napi_ok || !pending {
+            return None;
+        }
+        if sys::napi_get_and_clear_last_exception(env, &mut exc) != sys::Status::napi_ok || exc.is_null() {
+            return Some("it threw".to_string());
+        }
+    }
+    let text = describe_thrown(env, exc);
+    clear_exception(env);
+    // A message is for people: bounded, so a huge thrown string stays out of logs.
+    const MAX: usize = 200;
+    Some(match text {
+        Some(t) if t.len() > MAX => {
+            let cut = (0..=MAX).rev().find(|i| t.is_char_boundary(*i)).unwrap_or(0);
+            format!("{}...", &t[..cut])
+        }
+        Some(t) if !t.is_empty() => t,
+        _ => "it threw".to_string(),
+    })
+}
+
+fn describe_thrown(env: sys::napi_env, exc: RawValue) -> Option<String> {
+    let mut is_error = false;
+    // SAFETY: `exc` is a live value of `env`.
+    unsafe { sys::napi_is_error(env, exc, &mut is_error) };
+    if is_error {
+        let mut msg = ptr::null_mut();
+        // SAFETY: `exc` is an object; a throwing `message` getter fails the call (cleared by the caller).
+        let status = unsafe { sys::napi_get_named_property(env, exc, c"message".as_ptr(), &mut msg) };
+        if status == sys::Status::napi_ok && type_of(env, msg) == sys::ValueType::napi_string {
+            return get_string(env, msg).ok();
+        }
+        return None;
+    }
+    let mut s = ptr::null_mut();
+    // SAFETY: coercion may run the value's toString; a throw fails the call (cleared by the caller).
+    let status = unsafe { sys::napi_coerce_to_string(env, exc, &mut s) };
+    if status == sys::Status::napi_ok { get_string(env, s).ok() } else { None }
 }
 
 /// Turn an N-API status into an `INTERNAL` error.
@@ -88,7 +142,7 @@ pub(crate) fn get_string(env: sys::napi_env, v: RawValue) -> CResult<String> {
     let mut small = [0u8; 256];
     let mut written = 0usize;
     // SAFETY: `small` holds 256 bytes, room for 255 and the NUL.
-    ok(unsafe { sys::napi_get_value_string_utf8(env, v, small.as_mut_ptr().cast(), small.len(), &mut written) })?;
+    ok(env, unsafe { sys::napi_get_value_string_utf8(env, v, small.as_mut_ptr().cast(), small.len(), &mut written) })?;
     if written + 4 < small.len() {
         return std::str::from_utf8(&small[..written])
             .map(str::to_string)
@@ -96,10 +150,10 @@ pub(crate) fn get_string(env: sys::napi_env, v: RawValue) -> CResult<String> {
     }
     let mut len = 0usize;
     // SAFETY: a null buffer asks for the length only.
-    ok(unsafe { sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len) })?;
+    ok(env, unsafe { sys::napi_get_value_string_utf8(env, v, ptr::null_mut(), 0, &mut len) })?;
     let mut buf = vec![0u8; len + 1];
     // SAFETY: `buf` holds `len + 1` bytes, room for the string and its NUL.
-    ok(unsafe { sys::napi_get_value_string_utf8(env, v, buf.as_mut_ptr().cast(), len + 1, &mut written) })?;
+    ok(env, unsafe { sys::napi_get_value_string_utf8(env, v, buf.as_mut_ptr().cast(), len + 1, &mut written) })?;
     buf.truncate(written);
     String::from_utf8(buf).map_err(|_| ConvError::new("is not valid UTF-8"))
 }
@@ -107,7 +161,7 @@ pub(crate) fn get_string(env: sys::napi_env, v: RawValue) -> CResult<String> {
 fn get_f64(env: sys::napi_env, v: RawValue) -> CResult<f64> {
     let mut n = 0.0;
     // SAFETY: `v` is a number (checked by the caller).
-    ok(unsafe { sys::napi_get_value_double(env, v, &mut n) })?;
+    ok(env, unsafe { sys::napi_get_value_double(env, v, &mut n) })?;
     Ok(n)
 }
 
@@ -116,7 +170,7 @@ pub(crate) fn get_named(env: sys::napi_env, obj: RawValue, name: &str) -> CResul
     let key = create_string(env, name).map_err(|_| ConvError::new("could not be read"))?;
     let mut out = ptr::null_mut();
     // SAFETY: `obj` is an object of `env`.
-    ok(unsafe { sys::napi_get_property(env, obj, key, &mut out) })?;
+    ok(env, unsafe { sys::napi_get_property(env, obj, key, &mut out) })?;
     Ok(out)
 }
 
@@ -130,7 +184,7 @@ fn as_bytes(env: sys::napi_env, v: RawValue) -> CResult<Option<Bytes>> {
     if is(env, v, sys::napi_is_typedarray) {
         let (mut kind, mut len, mut data, mut ab, mut off) = (0, 0usize, ptr::null_mut::<c_void>(), ptr::null_mut(), 0);
         // SAFETY: `v` is a typed array.
-        ok(unsafe { sys::napi_get_typedarray_info(env, v, &mut kind, &mut len, &mut data, &mut ab, &mut off) })?;
+        ok(env, unsafe { sys::napi_get_typedarray_info(env, v, &mut kind, &mut len, &mut data, &mut ab, &mut off) })?;
         if !matches!(
             kind,
             sys::TypedarrayType::uint8_array
@@ -144,7 +198,7 @@ fn as_bytes(env: sys::napi_env, v: RawValue) -> CResult<Option<Bytes>> {
     if is(env, v, sys::napi_is_arraybuffer) {
         let (mut data, mut len) = (ptr::null_mut::<c_void>(), 0usize);
         // SAFETY: `v` is an ArrayBuffer.
-        ok(unsafe { sys::napi_get_arraybuffer_info(env, v, &mut data, &mut len) })?;
+        ok(env, unsafe { sys::napi_get_arraybuffer_info(env, v, &mut data, &mut len) })?;
         return Ok(Some(copy_bytes(data, len)));
     }
     Ok(None)
@@ -191,7 +245,7 @@ fn walk(env: sys::napi_env, v: RawValue, depth: usize, max_depth: usize) -> CRes
         T::napi_boolean => {
             let mut b = false;
             // SAFETY: `v` is a boolean.
-            ok(unsafe { sys::napi_get_value_bool(env, v, &mut b) })?;
+            ok(env, unsafe { sys::napi_get_value_bool(env, v, &mut b) })?;
             Ok(Value::Bool(b))
         }
         T::napi_number => {
@@ -214,12 +268,13 @@ fn walk(env: sys::napi_env, v: RawValue, depth: usize, max_depth: usize) -> CRes
             if is(env, v, sys::napi_is_array) {
                 let mut len = 0u32;
                 // SAFETY: `v` is an array.
-                ok(unsafe { sys::napi_get_array_length(env, v, &mut len) })?;
+                ok(env, unsafe { sys::napi_get_array_length(env, v, &mut len) })?;
                 let mut items = Vec::with_capacity(len as usize);
                 for i in 0..len {
                     let mut item = ptr::null_mut();
                     // SAFETY: index within the array's length.
-                    ok(unsafe { sys::napi_get_element(env, v, i, &mut item) })?;
+                    ok(env, unsafe { sys::napi_get_element(env, v, i, &mut item) })
+                        .map_err(|e| e.at(format!("[{i}]")))?;
                     items.push(walk(env, item, depth + 1, max_depth).map_err(|e| e.at(format!("[{i}]")))?);
                 }
                 return Ok(Value::Array(items));
@@ -233,15 +288,13 @@ fn walk(env: sys::napi_env, v: RawValue, depth: usize, max_depth: usize) -> CRes
             if type_of(env, to_json_fn) == T::napi_function {
                 let mut out = ptr::null_mut();
                 // SAFETY: calling the object's own toJSON with itself as `this`.
-                ok(unsafe { sys::napi_call_function(env, v, to_json_fn, 0, ptr::null(), &mut out) }).map_err(|_| {
-                    clear_exception(env);
-                    ConvError::new("has a toJSON() that threw")
-                })?;
+                ok(env, unsafe { sys::napi_call_function(env, v, to_json_fn, 0, ptr::null(), &mut out) })
+                    .map_err(|_| ConvError::new("has a toJSON() that threw"))?;
                 return walk(env, out, depth + 1, max_depth);
             }
             let mut keys = ptr::null_mut();
             // SAFETY: own, enumerable, string keys, like Object.keys.
-            ok(unsafe {
+            ok(env, unsafe {
                 sys::napi_get_all_property_names(
                     env,
                     v,
@@ -253,14 +306,15 @@ fn walk(env: sys::napi_env, v: RawValue, depth: usize, max_depth: usize) -> CRes
             })?;
             let mut len = 0u32;
             // SAFETY: `keys` is an array.
-            ok(unsafe { sys::napi_get_array_length(env, keys, &mut len) })?;
+            ok(env, unsafe { sys::napi_get_array_length(env, keys, &mut len) })?;
             let mut map = Map::with_capacity(len as usize);
             for i in 0..len {
                 let (mut key, mut item) = (ptr::null_mut(), ptr::null_mut());
                 // SAFETY: index within the key array; `key` is a property of `v`.
-                ok(unsafe { sys::napi_get_element(env, keys, i, &mut key) })?;
-                ok(unsafe { sys::napi_get_property(env, v, key, &mut item) })?;
+                ok(env, unsafe { sys::napi_get_element(env, keys, i, &mut key) })?;
                 let name = get_string(env, key)?;
+                ok(env, unsafe { sys::napi_get_property(env, v, key, &mut item) })
+                    .map_err(|e| e.at(format!(".{name}")))?;
                 if type_of(env, item) == T::napi_undefined {
                     continue;
                 }

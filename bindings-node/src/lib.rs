@@ -263,6 +263,18 @@ impl JsBridgeManager {
         self.bridge.register_route(&pattern, handler::rust_echo()).map_err(|e| throw(env.raw(), &e))
     }
 
+    /// Test only: a Promise whose engine future panics after suspending once
+    /// (so on a tokio thread). It must reject with `INTERNAL`, never stay
+    /// pending with Node kept alive.
+    #[napi(js_name = "__testPanic", skip_typescript, catch_unwind)]
+    pub fn test_panic<'e>(&self, env: &'e Env) -> napi::Result<Unknown<'e>> {
+        let p = self.settler.promise(env.raw(), async move {
+            tokio::task::yield_now().await;
+            panic!("dreamos_bridge test hook: a deliberate panic in a future on tokio")
+        })?;
+        Ok(unknown(env.raw(), p))
+    }
+
     /// The handle `route()`'s JS side passes to the native half of its
     /// fast path (see `json_text`): an external holding this bridge's core.
     #[napi(js_name = "__handle", skip_typescript, catch_unwind)]
@@ -555,7 +567,8 @@ fn call_args(
         if convert::type_of(env, o) != T::napi_object {
             return Err(BridgeError::invalid("options must be an object {token, timeout, headers}"));
         }
-        let field = |name: &str| convert::get_named(env, o, name).map_err(|c| c.into_bridge(name));
+        let field =
+            |name: &str| convert::get_named(env, o, name).map_err(|c| c.into_bridge(&format!("options.{name}")));
         opts.token = token_string(env, field("token")?)?;
         let timeout = field("timeout")?;
         if !convert::is_nullish(env, timeout) {

@@ -16,12 +16,14 @@
 
 use std::cell::Cell;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::ptr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use dreamos_bridge::{BridgeError, Payload};
+use futures_util::FutureExt;
 use napi::bindgen_prelude::Function;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::{Env, Status, sys};
@@ -125,7 +127,14 @@ impl Settler {
         F: Future<Output = Outcome> + Send + 'static,
     {
         let (deferred, promise) = create_promise(env)?;
-        let mut fut = Box::pin(fut);
+        // A panic in the engine settles the Promise with INTERNAL: unwinding
+        // through the spawned task would leave it pending forever, and the
+        // keep-alive it holds would keep Node running.
+        let mut fut = Box::pin(AssertUnwindSafe(fut).catch_unwind().map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(BridgeError::internal("bug in dreamos_bridge: the engine panicked (please report it)"))
+            })
+        }));
         let polled = napi::bindgen_prelude::within_runtime_if_available(|| {
             let mut cx = Context::from_waker(Waker::noop());
             fut.as_mut().poll(&mut cx)

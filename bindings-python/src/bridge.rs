@@ -732,6 +732,27 @@ impl Direct {
     fn cancel(&self) {
         drop(self.call.lock().take());
     }
+
+    /// A future on the completer's loop that completes when shutdown gives
+    /// up on in-flight work (None once the call is over). The handler is
+    /// raced against it, as against the deadline: without it a suspended
+    /// handler kept running past the grace period and shutdown waited for it.
+    /// Cancel the future when the call ends: that drops its engine task.
+    fn shutdown_signal(&self, py: Python<'_>, completer: &Bound<'_, Completer>) -> PyResult<Option<Py<PyAny>>> {
+        let Some(cancelled) = self.call.lock().as_ref().map(Call::cancelled) else { return Ok(None) };
+        let fut = async move {
+            cancelled.await;
+            Ok(())
+        };
+        run_or_spawn(py, completer.get(), fut, conv_none)?.value().map(Some)
+    }
+
+    /// Shutdown gave up on the call: the `ShutdownError` to raise.
+    fn shut_down(&self, py: Python<'_>) -> Py<PyAny> {
+        let e = BridgeError::shutdown();
+        self.end(&Err(e.clone()));
+        to_pyerr(py, &e).into_value(py).into_any()
+    }
 }
 
 impl Drop for Direct {

@@ -12,6 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use uuid::Uuid;
 
+use crate::capi::str_of;
 use crate::errors::to_pyerr;
 /// A message: destination subject, payload, headers and what the bridge knows about it.
 #[pyclass(name = "Message", module = "dreamos_bridge._native", frozen)]
@@ -37,7 +38,19 @@ pub fn headers_from_py(py: Python<'_>, headers: Option<&Bound<'_, PyAny>>) -> Py
     let mut out = Vec::with_capacity(d.len());
     for (k, v) in d.iter() {
         match (k.cast::<PyString>(), v.cast::<PyString>()) {
-            (Ok(k), Ok(v)) => out.push((k.to_cow()?.into_owned(), v.to_cow()?.into_owned())),
+            (Ok(k), Ok(v)) => {
+                // A lone surrogate cannot travel (headers are UTF-8): the
+                // caller's bad input, so the bridge's typed error, not Python's.
+                let text = |s: &Bound<'_, PyString>, what: &str| {
+                    str_of(s).map(|s| s.into_owned()).map_err(|_| {
+                        to_pyerr(
+                            py,
+                            &BridgeError::invalid(format!("header {what} is not valid UTF-8 (it has lone surrogates)")),
+                        )
+                    })
+                };
+                out.push((text(k, "name")?, text(v, "value")?))
+            }
             _ => return Err(to_pyerr(py, &BridgeError::invalid("headers must be a dict of str to str"))),
         }
     }
@@ -65,7 +78,11 @@ impl PyMessage {
         let timestamp = now_millis();
         Ok(PyMessage {
             id: dreamos_bridge::message::new_id(timestamp),
-            destination: destination.to_cow()?.into_owned(),
+            destination: str_of(destination)
+                .map_err(|_| {
+                    to_pyerr(py, &BridgeError::invalid("destination is not valid UTF-8 (it has lone surrogates)"))
+                })?
+                .into_owned(),
             payload: payload.unwrap_or_else(|| py.None()),
             headers: headers_from_py(py, headers)?,
             source: None,
@@ -185,7 +202,10 @@ pub fn token_arg(py: Python<'_>, token: Option<&Bound<'_, PyAny>>) -> PyResult<O
         return Ok(Some(t.get().value.clone()));
     }
     if let Ok(s) = t.cast::<PyString>() {
-        return Ok(Some(s.to_cow()?.into_owned()));
+        // A token is ASCII when genuine: one with a lone surrogate is simply not valid.
+        return str_of(s).map(|s| Some(s.into_owned())).map_err(|_| {
+            to_pyerr(py, &BridgeError::unauthenticated("token is not valid UTF-8 (it has lone surrogates)"))
+        });
     }
     let name = t.get_type().name()?.to_string();
     Err(to_pyerr(py, &BridgeError::unauthenticated(format!("token must be a Token or a str, not {name}"))))

@@ -24,6 +24,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyString};
 
 use crate::bridge::seconds_arg;
+use crate::capi::str_of;
 use crate::completer::{Abort, Completer, make_result};
 use crate::convert::{payload_to_py, py_to_payload, py_to_value, value_to_py};
 use crate::errors::{guard, to_pyerr};
@@ -136,7 +137,8 @@ impl PyRemote {
             return Err(invalid(py, format!("destination must be a str or a Message, not {name}")));
         };
         let body = py_to_payload(payload, self.max_depth).map_err(|e| to_pyerr(py, &e))?;
-        let mut core = dreamos_bridge::Message::new(dest.to_cow()?, body);
+        let dest = str_of(dest).map_err(|_| invalid(py, "destination is not valid UTF-8 (it has lone surrogates)"))?;
+        let mut core = dreamos_bridge::Message::new(dest, body);
         core.headers = headers_from_py(py, headers)?;
         Ok(core)
     }

@@ -98,6 +98,31 @@ async def test_bad_headers_and_arguments(bridge: BridgeManager) -> None:
     assert await bridge.route("agents.echo", "fine") == "fine"
 
 
+async def test_lone_surrogates_in_headers_destinations_and_tokens_are_typed_errors(bridge: BridgeManager) -> None:
+    # Text that is not valid UTF-8 cannot travel: the caller's bad input gets
+    # the bridge's typed error, never Python's bare UnicodeEncodeError.
+    bridge.register_route("agents.echo", lambda m: m.payload)
+    for headers in ({"x": "\ud800"}, {"\udfff": "v"}):
+        with pytest.raises(db.InvalidMessageError) as ie:
+            await bridge.route("agents.echo", 1, headers=headers)
+        assert "UTF-8" in str(ie.value)
+        with pytest.raises(db.InvalidMessageError):
+            await bridge.publish("agents.echo", 1, headers=headers)
+        with pytest.raises(db.InvalidMessageError):
+            Message("agents.echo", 1, headers=headers)
+        with pytest.raises(db.InvalidMessageError):
+            await bridge.route(Message("agents.echo", 1), headers=headers)
+    with pytest.raises(db.InvalidMessageError) as ie:
+        Message("agents.\ud800", 1)
+    assert "UTF-8" in str(ie.value)
+    with pytest.raises(db.AuthenticationError) as ae:
+        await bridge.route("agents.echo", 1, token="\ud800")
+    assert "UTF-8" in str(ae.value)
+    with pytest.raises(db.AuthenticationError):
+        await bridge.publish("agents.echo", 1, token="tok\udc00")
+    assert await bridge.route("agents.echo", "fine", headers={"x": "ü"}) == "fine"
+
+
 async def test_queue_full() -> None:
     cfg = {"routes": [{"pattern": "tools.slow", "max_concurrency": 1, "queue_size": 1}]}
     async with BridgeManager(cfg) as b:

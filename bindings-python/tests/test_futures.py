@@ -121,6 +121,36 @@ async def test_suspending_handler_runs_in_a_task_and_cancels(bridge: BridgeManag
         await bridge.route("agents.slow", 1, timeout=0.05)
 
 
+async def test_shutdown_fails_a_suspended_handler_call_with_shutdown_and_cancels_it() -> None:
+    # The handler suspends on this loop; once the grace period is over,
+    # shutdown gives up on it: the handler is cancelled, the caller gets
+    # ShutdownError, and by the time shutdown returns the call is over (it
+    # used to run on, shutdown waiting several seconds for it in vain).
+    b = BridgeManager({"bridge": {"shutdown_grace": "100ms", "request_timeout": "60s"}})
+    await b.initialize()
+    started = asyncio.Event()
+    cancelled: List[bool] = []
+
+    @b.handler("agents.slow")
+    async def slow(msg: Message) -> Any:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return "late"
+
+    f = asyncio.ensure_future(b.route("agents.slow", 1))
+    await asyncio.wait_for(started.wait(), 10)
+    await b.shutdown()
+    assert f.done()
+    with pytest.raises(db.ShutdownError):
+        f.result()
+    assert cancelled == [True]
+    assert require_totals(b)["errors"]["SHUTDOWN"] == 1
+
+
 async def test_cancelling_a_pending_future_drops_the_engine_work() -> None:
     cfg = {"routes": [{"pattern": "rust.q", "max_concurrency": 1, "queue_size": 8}]}
     async with BridgeManager(cfg) as b:

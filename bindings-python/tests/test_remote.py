@@ -154,6 +154,15 @@ async def test_errors_are_the_local_exception_classes(server: Server) -> None:
         await bridge.route("bad..subject", 1)
     with pytest.raises(db.AuthenticationError):
         await bridge.route("agents.echo", 1, token="not-a-token")
+    # lone surrogates: the bridge's typed errors, as for a local bridge
+    with pytest.raises(db.InvalidMessageError):
+        await bridge.route("agents.\ud800", 1)
+    with pytest.raises(db.InvalidMessageError):
+        await bridge.route("agents.echo", 1, headers={"x": "\ud800"})
+    with pytest.raises(db.InvalidMessageError):
+        await bridge.publish("agents.echo", 1, headers={"\ud800": "v"})
+    with pytest.raises(db.AuthenticationError):
+        await bridge.route("agents.echo", 1, token="\ud800")
     with pytest.raises(db.AuthorizationError):
         await bridge.metrics()
     await bridge.route("limited.echo", 1)

@@ -251,7 +251,49 @@ def _resume(coro: Coroutine[Any, Any, Any], yielded: Any) -> Generator[Any, Any,
 
 
 async def _run_suspended(d: Any) -> Any:
-    """The rest of a direct call whose handler suspended: under the call's deadline."""
+    """The rest of a direct call whose handler suspended: under the call's
+    deadline, and until shutdown gives up on in-flight work. Then the handler
+    is cancelled and the caller gets ``ShutdownError``, as from a handler the
+    engine runs, and shutdown need not wait for it."""
+    task = asyncio.current_task()
+    stop = d.shutdown_signal(_completer())
+    stopped = False
+
+    def _on_stop(f: Any) -> None:
+        nonlocal stopped
+        if not f.cancelled() and task is not None and not task.done():
+            stopped = True
+            task.cancel()
+
+    if stop is not None:
+        stop.add_done_callback(_on_stop)
+    try:
+        r = await _deadline_bound(d)
+    except asyncio.CancelledError:
+        if stopped:
+            raise _shut_down(d, task) from None
+        d.cancel()
+        raise
+    finally:
+        if stop is not None:
+            stop.remove_done_callback(_on_stop)
+            stop.cancel()
+    if stopped:  # the handler swallowed the cancellation: shutdown still won
+        raise _shut_down(d, task)
+    return d.finish(r)
+
+
+def _shut_down(d: Any, task: Any) -> BaseException:
+    # Our own cancel() is answered here, so the task's cancel count is put back.
+    uncancel = getattr(task, "uncancel", None)
+    if uncancel is not None:
+        uncancel()
+    e: BaseException = d.shut_down()
+    return e
+
+
+async def _deadline_bound(d: Any) -> Any:
+    """The handler under the call's deadline; its errors become the call's."""
     cm = None
     try:
         if d.started:
@@ -267,9 +309,6 @@ async def _run_suspended(d: Any) -> Any:
                 r = await asyncio.wait_for(coro, d.remaining())
             except asyncio.TimeoutError:
                 raise d.timed_out() from None
-    except asyncio.CancelledError:
-        d.cancel()
-        raise
     except BridgeTimeoutError as e:
         if cm is None:  # from the wait_for branch, already accounted
             raise
@@ -280,7 +319,7 @@ async def _run_suspended(d: Any) -> Any:
         raise d.fail(e) from e
     except Exception as e:
         raise d.fail(e) from e
-    return d.finish(r)
+    return r
 
 
 def _suspended(d: Any) -> Any:
