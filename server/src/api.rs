@@ -361,6 +361,23 @@ fn reply_response(reply: &Payload) -> Response {
     resp
 }
 
+/// The message of a `/v1/route` or `/v1/publish` request (body read within
+/// its limits, signature checked) and the bridge in force to hand it to.
+async fn read_message<B>(
+    state: &AppState,
+    req: axum::http::Request<B>,
+) -> ApiResult<(BridgeManager, Message, CallOptions)>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(body, &state.options).await?;
+    let bridge = state.bridge();
+    let (msg, opts) = message_request(&bridge, &parts.headers, &bytes)?;
+    Ok((bridge, msg, opts))
+}
+
 async fn route(State(state): State<Arc<AppState>>, req: Request) -> Response {
     route_request(&state, req).await
 }
@@ -373,11 +390,8 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let (parts, body) = req.into_parts();
     let result = async {
-        let bytes = read_body(body, &state.options).await?;
-        let bridge = state.bridge();
-        let (msg, opts) = message_request(&bridge, &parts.headers, &bytes)?;
+        let (bridge, msg, opts) = read_message(state, req).await?;
         // Boxed once here: the delivery future is large, and unboxed it would
         // be copied into every future wrapped around this one.
         let reply = Box::pin(bridge.route(msg, opts)).await?;
@@ -396,11 +410,8 @@ where
     B: HttpBody<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let (parts, body) = req.into_parts();
     let result = async {
-        let bytes = read_body(body, &state.options).await?;
-        let bridge = state.bridge();
-        let (msg, opts) = message_request(&bridge, &parts.headers, &bytes)?;
+        let (bridge, msg, opts) = read_message(state, req).await?;
         let id = bridge.publish(msg, opts).await?;
         Ok::<_, ApiError>((StatusCode::ACCEPTED, axum::Json(json!({ "id": id.to_string() }))).into_response())
     };
