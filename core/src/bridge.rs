@@ -25,7 +25,7 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -237,6 +237,10 @@ struct Inner {
     in_flight: AtomicUsize,
     drained: Notify,
     cancel: CancellationToken,
+    /// `cancel` as a plain flag, for the per-call check before a handler
+    /// starts: `CancellationToken::is_cancelled` locks the token's node, a
+    /// line every worker would take per call.
+    gave_up: AtomicBool,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -289,6 +293,7 @@ impl BridgeManager {
             in_flight: AtomicUsize::new(0),
             drained: Notify::new(),
             cancel: CancellationToken::new(),
+            gave_up: AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             config,
         });
@@ -398,6 +403,7 @@ impl BridgeManager {
                 "shutdown grace period over: failing in-flight work with SHUTDOWN"
             );
         }
+        inner.gave_up.store(true, Ordering::Release);
         inner.cancel.cancel();
         inner.connections.cancel_in_flight();
         // Cancelled calls answer promptly; wait for them so that nothing is
@@ -1098,7 +1104,7 @@ impl Call {
             Target::Handler(h) if self.admitted && self.deadline > self.acct.started => h.clone(),
             _ => return AnswerNow::Later(self),
         };
-        if self.acct.inner.cancel.is_cancelled() {
+        if self.acct.inner.gave_up.load(Ordering::Acquire) {
             return AnswerNow::Later(self);
         }
         let Call { mut acct, msg, route, deadline, principal, permit, admitted, rated } = self;
@@ -1215,7 +1221,7 @@ async fn deliver_to(inner: &Inner, route: &Route, deadline: Instant, msg: Messag
         }
     };
     // Admitted before a shutdown that has begun since: the handler does not run.
-    if inner.cancel.is_cancelled() {
+    if inner.gave_up.load(Ordering::Acquire) {
         return Err(BridgeError::shutdown());
     }
     let span = span();
