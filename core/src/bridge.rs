@@ -976,7 +976,10 @@ impl Call {
         }
         if !self.rated {
             match self.take_rate_cells(Duration::ZERO) {
-                Ok(_) => self.rated = true,
+                Ok((_, cells)) => {
+                    cells.keep();
+                    self.rated = true;
+                }
                 // Wait mode: a cell comes within the deadline; admit() books it.
                 Err(e)
                     if self.rate_mode() == RateLimitMode::Wait
@@ -1016,23 +1019,27 @@ impl Call {
             RateLimitMode::Reject => Duration::ZERO,
         };
         if !self.rated {
-            let wait = match self.take_rate_cells(max_wait) {
-                Ok(w) => w,
+            let (wait, cells) = match self.take_rate_cells(max_wait) {
+                Ok(booked) => booked,
                 Err(e) => return Err(self.acct.reject(e)),
             };
-            self.rated = true;
             if !wait.is_zero() {
-                // Shutdown ends the wait: nothing may start after it.
+                // Shutdown ends the wait: nothing may start after it. A call
+                // stopped here, or dropped by its caller, gives its cells
+                // back (`cells` refunds them when dropped).
                 let stopped = tokio::select! {
                     _ = tokio::time::sleep(wait) => false,
                     _ = self.acct.inner.cancel.cancelled() => true,
                 };
                 if stopped {
+                    drop(cells);
                     let e = BridgeError::shutdown();
                     self.acct.complete::<()>(&Err(e.clone()));
                     return Err(e);
                 }
             }
+            cells.keep();
+            self.rated = true;
         }
         let permit = match self.route.queue.try_admit() {
             Admission::Admitted(p) => p,
@@ -1059,27 +1066,26 @@ impl Call {
     }
 
     /// Book a cell from every limiter that applies, at most `max_wait`
-    /// ahead; on refusal give back what was booked.
-    fn take_rate_cells(&self, max_wait: Duration) -> Result<Duration> {
+    /// ahead: the longest wait among them and the booked cells, which go
+    /// back unless [`RateCells::keep`] is called. On refusal what was booked
+    /// goes back at once.
+    fn take_rate_cells(&self, max_wait: Duration) -> Result<(Duration, RateCells)> {
         let inner = &self.acct.inner;
         let principal_limiter = match (&inner.principal_limiter, &self.principal) {
             (Some(k), Some(p)) => Some(k.get(&p.name)),
             _ => None,
         };
-        let limiters = [principal_limiter.as_ref(), self.route.limiter.as_ref(), self.route.service_limiter.as_ref()];
-        let mut booked: Vec<&Arc<Gcra>> = Vec::new();
+        let limiters = [principal_limiter, self.route.limiter.clone(), self.route.service_limiter.clone()];
+        let mut cells = RateCells::default();
         let mut wait = Duration::ZERO;
         for (i, limiter) in limiters.into_iter().enumerate() {
             let Some(l) = limiter else { continue };
             match l.reserve(max_wait) {
                 Ok(w) => {
                     wait = wait.max(w);
-                    booked.push(l);
+                    cells.booked[i] = Some(l);
                 }
                 Err(retry_after) => {
-                    for b in booked {
-                        b.refund();
-                    }
                     let which = [
                         "the principal's rate limit (security.rate_limit)",
                         "the route's rate limit",
@@ -1092,7 +1098,7 @@ impl Call {
                 }
             }
         }
-        Ok(wait)
+        Ok((wait, cells))
     }
 
     /// Stage 6–8 without waiting, for an admitted call whose handler can
@@ -1258,4 +1264,26 @@ fn call_now_guarded(h: &Arc<dyn Handler>, msg: Message) -> AnswerNow<Message> {
 pub fn full_jitter(base: Duration, n: u32) -> Duration {
     let cap = base.saturating_mul(1u32 << n.min(16)).min(Duration::from_secs(60));
     cap.mul_f64(rand::random::<f64>())
+}
+/// Rate-limit cells a call has booked (principal, route, service): given
+/// back when dropped, unless [`keep`](Self::keep) says the call used them.
+/// A caller that gives up while waiting for its cells (drops the future, or
+/// is stopped by shutdown) so costs the callers behind it nothing.
+#[derive(Default)]
+struct RateCells {
+    booked: [Option<Arc<Gcra>>; 3],
+}
+
+impl RateCells {
+    fn keep(mut self) {
+        self.booked = Default::default();
+    }
+}
+
+impl Drop for RateCells {
+    fn drop(&mut self) {
+        for limiter in self.booked.iter().flatten() {
+            limiter.refund();
+        }
+    }
 }

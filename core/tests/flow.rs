@@ -251,6 +251,27 @@ async fn route_rate_limit_waits_then_rejects() {
 }
 
 #[tokio::test]
+async fn a_caller_that_gives_up_waiting_for_a_cell_gives_it_back() {
+    // A cell every 250 ms, burst 1.
+    let b = running("routes:\n  - pattern: limited\n    rate_limit: 4\n    burst: 1\n").await;
+    b.register_route("limited", echo()).unwrap();
+    b.route(Message::new("limited", json!(1)), CallOptions::default()).await.unwrap();
+    // This caller books the next cell (~250 ms away), then gives up.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(20),
+        b.route(Message::new("limited", json!(2)), CallOptions::default()),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the second call was still waiting for its cell");
+    // Its cell went back: the next caller waits at most 250 ms, within its
+    // 375 ms deadline. Had the cell been kept, the wait would be ~500 ms and
+    // the call refused at once with RATE_LIMITED.
+    let opts = CallOptions::default().timeout(Duration::from_millis(375));
+    b.route(Message::new("limited", json!(3)), opts).await.expect("the given-back cell is used");
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn reject_mode_rejects_without_waiting() {
     let b = running(
         "bridge:\n  rate_limit_mode: reject\nroutes:\n  - pattern: limited\n    rate_limit: 1/min\n    burst: 1\n",
