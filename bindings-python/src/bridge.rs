@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use dreamos_bridge::bridge::Call;
 use dreamos_bridge::{
-    Action, AnswerNow, BridgeConfig, BridgeError, BridgeManager, CallOptions, Credentials, Payload, handler_fn,
+    Action, AnswerNow, BridgeConfig, BridgeError, BridgeManager, CallOptions, ErrorCode, Payload, handler_fn,
     sync_handler_fn,
 };
 use futures_util::FutureExt;
@@ -29,13 +29,14 @@ use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyList, PyString};
 
-use crate::capi::{Step, send_none, str_of};
+use crate::args::{config_path_arg, credentials_arg, text_arg};
+use crate::capi::{Step, send_none};
 use crate::completer::{Abort, Completer, is_awaitable, is_coroutine, make_result, ready};
-use crate::convert::{check_payload, check_reply, payload_to_py, py_to_payload, py_to_value, value_to_py};
+use crate::convert::{Subject, check_payload, check_reply, payload_to_py, py_to_payload, py_to_value, value_to_py};
 use crate::errors::{guard, handler_error, to_pyerr};
 use crate::handler::{HomeLoop, PyHandler};
 use crate::message::{PyMessage, PyToken, headers_from_py, token_arg};
-use crate::runtime::{fork_generation, runtime};
+use crate::runtime::{check_not_forked, fork_generation, runtime};
 
 type BoxedFuture<T> = Pin<Box<dyn Future<Output = std::thread::Result<Result<T, BridgeError>>> + Send>>;
 
@@ -156,8 +157,8 @@ pub(crate) fn seconds_arg(py: Python<'_>, what: &str, t: Option<&Bound<'_, PyAny
     }
 }
 
-fn action_arg(py: Python<'_>, action: &str) -> PyResult<Action> {
-    Ok(match action {
+fn action_arg(py: Python<'_>, action: &Bound<'_, PyString>) -> PyResult<Action> {
+    Ok(match &*text_arg(py, action, "action", ErrorCode::InvalidMessage)? {
         "route" => Action::Route,
         "publish" => Action::Publish,
         "handle" => Action::Handle,
@@ -186,15 +187,11 @@ impl PyBridge {
     /// A bridge carried over from the parent by `fork()` is not usable: its
     /// background tasks ran on threads the child does not have.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
-        if self.generation != fork_generation() {
-            return Err(to_pyerr(
-                py,
-                &BridgeError::shutdown().context(
-                    "this BridgeManager was created before fork(); create and initialize a new one in the child process",
-                ),
-            ));
-        }
-        Ok(())
+        check_not_forked(
+            self.generation,
+            "this BridgeManager was created before fork(); create and initialize a new one in the child process",
+        )
+        .map_err(|e| to_pyerr(py, &e))
     }
 
     /// The engine message with an empty payload, and the payload object.
@@ -218,7 +215,7 @@ impl PyBridge {
             return Err(invalid(py, format!("destination must be a str or a Message, not {}", type_name(destination))));
         };
         let mut core = dreamos_bridge::Message::new(
-            str_of(dest).map_err(|_| invalid(py, "destination is not valid UTF-8 (it has lone surrogates)"))?,
+            text_arg(py, dest, "destination", ErrorCode::InvalidMessage)?,
             Payload::default(),
         );
         core.headers = headers_from_py(py, headers)?;
@@ -371,8 +368,8 @@ impl PyBridge {
             let cfg = match config.filter(|c| !c.is_none()) {
                 None => BridgeConfig::default(),
                 Some(c) => {
-                    let v = py_to_value(c, 1, 64)
-                        .map_err(|e| BridgeError::config("", e.message()))
+                    let v = py_to_value(c, Subject::Config, 1, 64)
+                        .map_err(|e| BridgeError::new(ErrorCode::Config, e.message()))
                         .and_then(|v| {
                             if v.is_object() {
                                 Ok(v)
@@ -392,13 +389,19 @@ impl PyBridge {
     }
 
     #[staticmethod]
-    fn from_yaml(py: Python<'_>, text: &str) -> PyResult<Self> {
-        guard(py, || BridgeManager::from_yaml(text).map(Self::wrap).map_err(|e| to_pyerr(py, &e)))
+    fn from_yaml(py: Python<'_>, text: &Bound<'_, PyString>) -> PyResult<Self> {
+        guard(py, || {
+            let text = text_arg(py, text, "config text", ErrorCode::Config)?;
+            BridgeManager::from_yaml(&text).map(Self::wrap).map_err(|e| to_pyerr(py, &e))
+        })
     }
 
     #[staticmethod]
-    fn from_file(py: Python<'_>, path: &str) -> PyResult<Self> {
-        guard(py, || BridgeManager::from_file(path).map(Self::wrap).map_err(|e| to_pyerr(py, &e)))
+    fn from_file(py: Python<'_>, path: &Bound<'_, PyAny>) -> PyResult<Self> {
+        guard(py, || {
+            let path = config_path_arg(py, path, "path")?;
+            BridgeManager::from_file(path).map(Self::wrap).map_err(|e| to_pyerr(py, &e))
+        })
     }
 
     fn initialize(&self, py: Python<'_>, completer: &Bound<'_, Completer>) -> PyResult<Py<PyAny>> {
@@ -438,11 +441,12 @@ impl PyBridge {
     fn register_route(
         &self,
         py: Python<'_>,
-        pattern: &str,
+        pattern: &Bound<'_, PyString>,
         func: Py<PyAny>,
         event_loop: Option<Py<PyAny>>,
     ) -> PyResult<()> {
         self.check(py)?;
+        let pattern = text_arg(py, pattern, "pattern", ErrorCode::InvalidMessage)?;
         if !func.bind(py).is_callable() {
             return Err(pyo3::exceptions::PyTypeError::new_err(format!(
                 "a handler must be callable, not {}",
@@ -450,11 +454,11 @@ impl PyBridge {
             )));
         }
         let h = PyHandler::new(func, event_loop, self.home.clone(), self.max_depth);
-        self.bridge.register_route(pattern, Arc::new(h)).map_err(|e| to_pyerr(py, &e))
+        self.bridge.register_route(&pattern, Arc::new(h)).map_err(|e| to_pyerr(py, &e))
     }
 
-    fn unregister_route(&self, pattern: &str) -> bool {
-        self.bridge.unregister_route(pattern)
+    fn unregister_route(&self, py: Python<'_>, pattern: &Bound<'_, PyString>) -> PyResult<bool> {
+        Ok(self.bridge.unregister_route(&text_arg(py, pattern, "pattern", ErrorCode::InvalidMessage)?))
     }
 
     fn routes(&self) -> Vec<String> {
@@ -508,21 +512,26 @@ impl PyBridge {
     fn authenticate(&self, py: Python<'_>, credentials: &Bound<'_, PyAny>) -> PyResult<PyToken> {
         self.check(py)?;
         guard(py, || {
-            let v = py_to_value(credentials, 1, 8)
-                .map_err(|e| to_pyerr(py, &BridgeError::unauthenticated(format!("credentials: {}", e.message()))))?;
-            let creds = Credentials::from_json(&v).map_err(|e| to_pyerr(py, &e))?;
+            let creds = credentials_arg(py, credentials)?;
             let b = &self.bridge;
             py.detach(|| b.authenticate(&creds)).map(PyToken::from).map_err(|e| to_pyerr(py, &e))
         })
     }
 
-    #[pyo3(signature = (token, resource, action = "route"))]
-    fn authorize(&self, py: Python<'_>, token: &Bound<'_, PyAny>, resource: &str, action: &str) -> PyResult<bool> {
+    /// `action` has no default here: the package's `authorize` passes it.
+    fn authorize(
+        &self,
+        py: Python<'_>,
+        token: &Bound<'_, PyAny>,
+        resource: &Bound<'_, PyString>,
+        action: &Bound<'_, PyString>,
+    ) -> PyResult<bool> {
         self.check(py)?;
         guard(py, || {
+            let resource = text_arg(py, resource, "resource", ErrorCode::InvalidMessage)?;
             let action = action_arg(py, action)?;
             let token = token_arg(py, Some(token))?.unwrap_or_default();
-            self.bridge.authorize(&token, action, resource).map_err(|e| to_pyerr(py, &e))
+            self.bridge.authorize(&token, action, &resource).map_err(|e| to_pyerr(py, &e))
         })
     }
 
@@ -578,10 +587,16 @@ impl PyBridge {
         })
     }
 
-    fn replay(&self, py: Python<'_>, completer: &Bound<'_, Completer>, id: &str) -> PyResult<Py<PyAny>> {
+    fn replay(
+        &self,
+        py: Python<'_>,
+        completer: &Bound<'_, Completer>,
+        id: &Bound<'_, PyString>,
+    ) -> PyResult<Py<PyAny>> {
         self.check(py)?;
         guard(py, || {
-            let id = uuid::Uuid::parse_str(id).map_err(|_| invalid(py, format!("{id:?} is not a message id")))?;
+            let id = text_arg(py, id, "id", ErrorCode::InvalidMessage)?;
+            let id = uuid::Uuid::parse_str(&id).map_err(|_| invalid(py, format!("{id:?} is not a message id")))?;
             let b = self.bridge.clone();
             run_or_spawn(py, completer.get(), async move { b.replay(id).await }, conv_none)?.value()
         })

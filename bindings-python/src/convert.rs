@@ -7,6 +7,8 @@
 //! the type, before the engine sees it. The walk has its own depth cap so that
 //! a self-referencing list or a 100,000-deep nest cannot overflow the stack;
 //! the engine's `limits.max_json_depth` check then applies as everywhere.
+//! The same walk reads credentials and configuration dicts; its errors name
+//! what was converted ([`Subject`]), so a bad api_key is not called a payload.
 
 use dreamos_bridge::message::Limits;
 use dreamos_bridge::{BridgeError, Payload};
@@ -17,6 +19,47 @@ use serde_json::{Map, Number, Value};
 
 use crate::capi::{str_of, utf8_len};
 
+/// What is being converted: the errors name it, with the right verb.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    /// A message payload or a handler's reply.
+    Payload,
+    /// `authenticate`'s / `connect`'s credentials: their values are secrets
+    /// (no error quotes a value, for any subject).
+    Credentials,
+    /// A configuration dict.
+    Config,
+}
+
+impl Subject {
+    /// "payload contains" / "credentials contain".
+    fn contains(self) -> &'static str {
+        match self {
+            Subject::Payload => "payload contains",
+            Subject::Credentials => "credentials contain",
+            Subject::Config => "the configuration contains",
+        }
+    }
+
+    /// "payload has" / "credentials have".
+    fn has(self) -> &'static str {
+        match self {
+            Subject::Payload => "payload has",
+            Subject::Credentials => "credentials have",
+            Subject::Config => "the configuration has",
+        }
+    }
+
+    /// "payload is" / "credentials are".
+    fn is(self) -> &'static str {
+        match self {
+            Subject::Payload => "payload is",
+            Subject::Credentials => "credentials are",
+            Subject::Config => "the configuration is",
+        }
+    }
+}
+
 /// Build a payload from a Python object. `max_depth` is the engine's limit.
 pub fn py_to_payload(obj: &Bound<'_, PyAny>, max_depth: usize) -> Result<Payload, BridgeError> {
     if let Ok(b) = obj.cast::<PyBytes>() {
@@ -25,31 +68,45 @@ pub fn py_to_payload(obj: &Bound<'_, PyAny>, max_depth: usize) -> Result<Payload
     if let Ok(b) = obj.cast::<PyByteArray>() {
         return Ok(Payload::Bytes(bytes::Bytes::from(b.to_vec())));
     }
-    py_to_value(obj, 1, max_depth).map(Payload::Json)
+    py_to_value(obj, Subject::Payload, 1, max_depth).map(Payload::Json)
 }
 
-fn too_deep(max_depth: usize) -> BridgeError {
-    BridgeError::invalid(format!(
-        "payload is nested deeper than {max_depth} levels (limits.max_json_depth); flatten it"
-    ))
+fn too_deep(subject: Subject, max_depth: usize) -> BridgeError {
+    // Only a payload's limit is the configurable one.
+    let limit = if subject == Subject::Payload { " (limits.max_json_depth)" } else { "" };
+    BridgeError::invalid(format!("{} nested deeper than {max_depth} levels{limit}; flatten it", subject.is()))
 }
 
-fn not_json(obj: &Bound<'_, PyAny>) -> BridgeError {
+fn not_json(subject: Subject, obj: &Bound<'_, PyAny>) -> BridgeError {
     let name = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
-    let hint = if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() {
-        "bytes are accepted only as the whole payload"
-    } else {
-        "use dict, list, tuple, str, int, float, bool or None (or bytes as the whole payload)"
+    let hint = match subject {
+        Subject::Payload if obj.is_instance_of::<PyBytes>() || obj.is_instance_of::<PyByteArray>() => {
+            "bytes are accepted only as the whole payload"
+        }
+        Subject::Payload => "use dict, list, tuple, str, int, float, bool or None (or bytes as the whole payload)",
+        Subject::Credentials | Subject::Config => "use dict, list, tuple, str, int, float, bool or None",
     };
-    BridgeError::invalid(format!("payload contains an object of type {name:?}, which is not JSON-shaped: {hint}"))
+    BridgeError::invalid(format!("{} an object of type {name:?}, which is not JSON-shaped: {hint}", subject.contains()))
+}
+
+fn bad_str(subject: Subject) -> BridgeError {
+    let hint = if subject == Subject::Payload { "; encode it first" } else { "" };
+    BridgeError::invalid(format!("{} a str that is not valid UTF-8 (lone surrogates){hint}", subject.contains()))
+}
+
+fn bad_key(subject: Subject) -> BridgeError {
+    BridgeError::invalid(format!("{} a dict key that is not valid UTF-8 (lone surrogates)", subject.has()))
 }
 
 /// Python → JSON. `depth` counts containers, as the engine's limit does.
-pub fn py_to_value(obj: &Bound<'_, PyAny>, depth: usize, max_depth: usize) -> Result<Value, BridgeError> {
+pub fn py_to_value(
+    obj: &Bound<'_, PyAny>,
+    subject: Subject,
+    depth: usize,
+    max_depth: usize,
+) -> Result<Value, BridgeError> {
     if let Ok(s) = obj.cast::<PyString>() {
-        return str_of(s).map(|s| Value::String(s.into_owned())).map_err(|_| {
-            BridgeError::invalid("payload contains a str that is not valid UTF-8 (lone surrogates); encode it first")
-        });
+        return str_of(s).map(|s| Value::String(s.into_owned())).map_err(|_| bad_str(subject));
     }
     if obj.is_none() {
         return Ok(Value::Null);
@@ -65,55 +122,57 @@ pub fn py_to_value(obj: &Bound<'_, PyAny>, depth: usize, max_depth: usize) -> Re
         if let Ok(v) = i.extract::<u64>() {
             return Ok(Value::Number(v.into()));
         }
-        return Err(BridgeError::invalid("payload contains an int outside the 64-bit range; send it as a str"));
+        return Err(BridgeError::invalid(format!(
+            "{} an int outside the 64-bit range; send it as a str",
+            subject.contains()
+        )));
     }
     if let Ok(f) = obj.cast::<PyFloat>() {
-        return Number::from_f64(f.value())
-            .map(Value::Number)
-            .ok_or_else(|| BridgeError::invalid("payload contains NaN or infinity, which JSON cannot carry"));
+        return Number::from_f64(f.value()).map(Value::Number).ok_or_else(|| {
+            BridgeError::invalid(format!("{} NaN or infinity, which JSON cannot carry", subject.contains()))
+        });
     }
     if let Ok(d) = obj.cast::<PyDict>() {
         if depth > max_depth {
-            return Err(too_deep(max_depth));
+            return Err(too_deep(subject, max_depth));
         }
         let mut map = Map::with_capacity(d.len());
         for (k, v) in d.iter() {
             let key = match k.cast::<PyString>() {
-                Ok(s) => {
-                    str_of(s).map_err(|_| BridgeError::invalid("payload has a dict key that is not valid UTF-8"))?
-                }
+                Ok(s) => str_of(s).map_err(|_| bad_key(subject))?,
                 Err(_) => {
                     let name = k.get_type().name().map(|n| n.to_string()).unwrap_or_default();
                     return Err(BridgeError::invalid(format!(
-                        "payload has a dict key of type {name:?}; JSON object keys must be str"
+                        "{} a dict key of type {name:?}; JSON object keys must be str",
+                        subject.has()
                     )));
                 }
             };
-            map.insert(key.into_owned(), py_to_value(&v, depth + 1, max_depth)?);
+            map.insert(key.into_owned(), py_to_value(&v, subject, depth + 1, max_depth)?);
         }
         return Ok(Value::Object(map));
     }
     if let Ok(l) = obj.cast::<PyList>() {
         if depth > max_depth {
-            return Err(too_deep(max_depth));
+            return Err(too_deep(subject, max_depth));
         }
         let mut out = Vec::with_capacity(l.len());
         for v in l.iter() {
-            out.push(py_to_value(&v, depth + 1, max_depth)?);
+            out.push(py_to_value(&v, subject, depth + 1, max_depth)?);
         }
         return Ok(Value::Array(out));
     }
     if let Ok(t) = obj.cast::<PyTuple>() {
         if depth > max_depth {
-            return Err(too_deep(max_depth));
+            return Err(too_deep(subject, max_depth));
         }
         let mut out = Vec::with_capacity(t.len());
         for v in t.iter() {
-            out.push(py_to_value(&v, depth + 1, max_depth)?);
+            out.push(py_to_value(&v, subject, depth + 1, max_depth)?);
         }
         return Ok(Value::Array(out));
     }
-    Err(not_json(obj))
+    Err(not_json(subject, obj))
 }
 
 /// Check that a handler's reply is JSON-shaped without building a copy
@@ -221,7 +280,7 @@ impl Walk {
             }
             if tp == addr_of_mut!(ffi::PyDict_Type) {
                 if depth > self.max_depth {
-                    return Some(Err(too_deep(self.max_depth)));
+                    return Some(Err(too_deep(Subject::Payload, self.max_depth)));
                 }
                 self.size += 2;
                 let mut pos: ffi::Py_ssize_t = 0;
@@ -234,7 +293,7 @@ impl Walk {
                     match self.str_len(py, k) {
                         Ok(n) => self.size += 4 + n,
                         Err(_) => {
-                            return Some(Err(BridgeError::invalid("payload has a dict key that is not valid UTF-8")));
+                            return Some(Err(bad_key(Subject::Payload)));
                         }
                     }
                     if let Err(e) = self.value(&Bound::from_borrowed_ptr(py, v), depth + 1) {
@@ -246,7 +305,7 @@ impl Walk {
             let list = tp == addr_of_mut!(ffi::PyList_Type);
             if list || tp == addr_of_mut!(ffi::PyTuple_Type) {
                 if depth > self.max_depth {
-                    return Some(Err(too_deep(self.max_depth)));
+                    return Some(Err(too_deep(Subject::Payload, self.max_depth)));
                 }
                 let n = if list { ffi::PyList_Size(obj) } else { ffi::PyTuple_Size(obj) };
                 self.size += 2 + n.max(0) as usize;
@@ -271,20 +330,14 @@ impl Walk {
         // SAFETY: `s` is a live exact str (checked by the caller).
         let s = unsafe { Bound::from_borrowed_ptr(py, s) };
         let s = s.cast::<PyString>().map_err(|_| BridgeError::internal("str_len on a non-str"))?;
-        utf8_len(s).map_err(|_| {
-            BridgeError::invalid("payload contains a str that is not valid UTF-8 (lone surrogates); encode it first")
-        })
+        utf8_len(s).map_err(|_| bad_str(Subject::Payload))
     }
 
     /// The walk for every other object: subclasses of the JSON types, and
     /// the errors naming what is wrong.
     fn any(&mut self, obj: &Bound<'_, PyAny>, depth: usize) -> Result<(), BridgeError> {
         if let Ok(s) = obj.cast::<PyString>() {
-            self.size += 2 + utf8_len(s).map_err(|_| {
-                BridgeError::invalid(
-                    "payload contains a str that is not valid UTF-8 (lone surrogates); encode it first",
-                )
-            })?;
+            self.size += 2 + utf8_len(s).map_err(|_| bad_str(Subject::Payload))?;
             return Ok(());
         }
         if obj.is_none() {
@@ -298,41 +351,40 @@ impl Walk {
         }
         if obj.is_instance_of::<PyInt>() || obj.is_instance_of::<PyFloat>() {
             // Range and NaN checks are the converter's; reuse it for scalars.
-            py_to_value(obj, depth, self.max_depth)?;
+            py_to_value(obj, Subject::Payload, depth, self.max_depth)?;
             self.size += 8;
             return Ok(());
         }
         if let Ok(d) = obj.cast::<PyDict>() {
             if depth > self.max_depth {
-                return Err(too_deep(self.max_depth));
+                return Err(too_deep(Subject::Payload, self.max_depth));
             }
             self.size += 2;
             for (k, v) in d.iter() {
                 let Ok(key) = k.cast::<PyString>() else {
                     // The converter names the key's type.
-                    return py_to_value(obj, depth, self.max_depth).map(drop);
+                    return py_to_value(obj, Subject::Payload, depth, self.max_depth).map(drop);
                 };
-                self.size += 4 + utf8_len(key)
-                    .map_err(|_| BridgeError::invalid("payload has a dict key that is not valid UTF-8"))?;
+                self.size += 4 + utf8_len(key).map_err(|_| bad_key(Subject::Payload))?;
                 self.value(&v, depth + 1)?;
             }
             return Ok(());
         }
         if let Ok(l) = obj.cast::<PyList>() {
             if depth > self.max_depth {
-                return Err(too_deep(self.max_depth));
+                return Err(too_deep(Subject::Payload, self.max_depth));
             }
             self.size += 2 + l.len();
             return l.iter().try_for_each(|v| self.value(&v, depth + 1));
         }
         if let Ok(t) = obj.cast::<PyTuple>() {
             if depth > self.max_depth {
-                return Err(too_deep(self.max_depth));
+                return Err(too_deep(Subject::Payload, self.max_depth));
             }
             self.size += 2 + t.len();
             return t.iter().try_for_each(|v| self.value(&v, depth + 1));
         }
-        Err(not_json(obj))
+        Err(not_json(Subject::Payload, obj))
     }
 }
 
@@ -387,25 +439,31 @@ mod tests {
         Python::attach(|py| {
             let v = json!({"a": [1, 2.5, "x", null, true, {"b": -3}], "big": u64::MAX});
             let obj = value_to_py(py, &v).unwrap();
-            assert_eq!(py_to_value(&obj, 1, 64).unwrap(), v);
+            assert_eq!(py_to_value(&obj, Subject::Payload, 1, 64).unwrap(), v);
             check_reply(&obj, 64).unwrap();
 
             let bad = py.eval(c"object()", None, None).unwrap();
-            let e = py_to_value(&bad, 1, 64).unwrap_err();
+            let e = py_to_value(&bad, Subject::Payload, 1, 64).unwrap_err();
             assert_eq!(e.code(), dreamos_bridge::ErrorCode::InvalidMessage);
             assert!(e.message().contains("\"object\""), "{}", e.message());
             assert!(check_reply(&bad, 64).is_err());
 
             let nan = py.eval(c"float('nan')", None, None).unwrap();
-            assert!(py_to_value(&nan, 1, 64).is_err());
+            assert!(py_to_value(&nan, Subject::Payload, 1, 64).is_err());
             let huge = py.eval(c"10**30", None, None).unwrap();
-            assert!(py_to_value(&huge, 1, 64).is_err());
+            assert!(py_to_value(&huge, Subject::Payload, 1, 64).is_err());
             let key = py.eval(c"{1: 2}", None, None).unwrap();
-            assert!(py_to_value(&key, 1, 64).is_err());
+            assert!(py_to_value(&key, Subject::Payload, 1, 64).is_err());
             assert!(check_reply(&key, 64).is_err());
 
+            // Credentials are named as such, in the plural, and never quoted.
+            let secret = py.eval(c"{'api_key': 'dk_secret_\\ud800'}", None, None).unwrap();
+            let e = py_to_value(&secret, Subject::Credentials, 1, 8).unwrap_err();
+            assert!(e.message().starts_with("credentials contain a str"), "{}", e.message());
+            assert!(!e.message().contains("dk_secret"), "{}", e.message());
+
             let cyclic = py.eval(c"(lambda l: (l.append(l), l)[1])([])", None, None).unwrap();
-            let e = py_to_value(&cyclic, 1, 64).unwrap_err();
+            let e = py_to_value(&cyclic, Subject::Payload, 1, 64).unwrap_err();
             assert!(e.message().contains("deeper"), "{}", e.message());
 
             let b = PyBytes::new(py, b"\x00\x01");

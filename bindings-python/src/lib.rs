@@ -46,6 +46,7 @@
 //! at interpreter exit; no Rust panic crosses into Python (`errors::guard`
 //! and `catch_unwind` on every spawned future turn it into `INTERNAL`).
 
+mod args;
 mod bridge;
 mod capi;
 mod cli;

@@ -7,13 +7,14 @@
 use std::sync::Arc;
 
 use dreamos_bridge::message::now_millis;
-use dreamos_bridge::{BridgeError, Message, Token};
+use dreamos_bridge::{BridgeError, ErrorCode, Message, Token};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use uuid::Uuid;
 
-use crate::capi::str_of;
+use crate::args::text_arg;
 use crate::errors::to_pyerr;
+
 /// A message: destination subject, payload, headers and what the bridge knows about it.
 #[pyclass(name = "Message", module = "dreamos_bridge._native", frozen)]
 pub struct PyMessage {
@@ -39,17 +40,11 @@ pub fn headers_from_py(py: Python<'_>, headers: Option<&Bound<'_, PyAny>>) -> Py
     for (k, v) in d.iter() {
         match (k.cast::<PyString>(), v.cast::<PyString>()) {
             (Ok(k), Ok(v)) => {
-                // A lone surrogate cannot travel (headers are UTF-8): the
-                // caller's bad input, so the bridge's typed error, not Python's.
+                // A lone surrogate cannot travel (headers are UTF-8).
                 let text = |s: &Bound<'_, PyString>, what: &str| {
-                    str_of(s).map(|s| s.into_owned()).map_err(|_| {
-                        to_pyerr(
-                            py,
-                            &BridgeError::invalid(format!("header {what} is not valid UTF-8 (it has lone surrogates)")),
-                        )
-                    })
+                    text_arg(py, s, what, ErrorCode::InvalidMessage).map(|s| s.into_owned())
                 };
-                out.push((text(k, "name")?, text(v, "value")?))
+                out.push((text(k, "header name")?, text(v, "header value")?))
             }
             _ => return Err(to_pyerr(py, &BridgeError::invalid("headers must be a dict of str to str"))),
         }
@@ -78,11 +73,7 @@ impl PyMessage {
         let timestamp = now_millis();
         Ok(PyMessage {
             id: dreamos_bridge::message::new_id(timestamp),
-            destination: str_of(destination)
-                .map_err(|_| {
-                    to_pyerr(py, &BridgeError::invalid("destination is not valid UTF-8 (it has lone surrogates)"))
-                })?
-                .into_owned(),
+            destination: text_arg(py, destination, "destination", ErrorCode::InvalidMessage)?.into_owned(),
             payload: payload.unwrap_or_else(|| py.None()),
             headers: headers_from_py(py, headers)?,
             source: None,
@@ -203,9 +194,7 @@ pub fn token_arg(py: Python<'_>, token: Option<&Bound<'_, PyAny>>) -> PyResult<O
     }
     if let Ok(s) = t.cast::<PyString>() {
         // A token is ASCII when genuine: one with a lone surrogate is simply not valid.
-        return str_of(s).map(|s| Some(s.into_owned())).map_err(|_| {
-            to_pyerr(py, &BridgeError::unauthenticated("token is not valid UTF-8 (it has lone surrogates)"))
-        });
+        return text_arg(py, s, "token", ErrorCode::Unauthenticated).map(|s| Some(s.into_owned()));
     }
     let name = t.get_type().name()?.to_string();
     Err(to_pyerr(py, &BridgeError::unauthenticated(format!("token must be a Token or a str, not {name}"))))

@@ -10,27 +10,30 @@
 //! tokio runtime and its result comes back through the caller loop's
 //! batched completer, like any other pending call. Handlers registered here
 //! are the binding's own [`PyHandler`]s, run on their event loop.
+//! In a forked child the parent's connections and session task are not this
+//! process's: every call refuses at once with `ShutdownError` (as a local
+//! bridge does) instead of waiting on them until it times out.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use dreamos_bridge::message::Limits;
-use dreamos_bridge::{BridgeError, CallOptions, Credentials, Payload};
+use dreamos_bridge::{BridgeError, CallOptions, ErrorCode, Payload};
 use dreamos_bridge_client::{ClientOptions, RemoteBridge};
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyInt, PyString};
 
+use crate::args::{config_path_arg, credentials_arg, text_arg};
 use crate::bridge::seconds_arg;
-use crate::capi::str_of;
 use crate::completer::{Abort, Completer, make_result};
-use crate::convert::{payload_to_py, py_to_payload, py_to_value, value_to_py};
+use crate::convert::{payload_to_py, py_to_payload, value_to_py};
 use crate::errors::{guard, to_pyerr};
 use crate::handler::{HomeLoop, PyHandler};
 use crate::message::{PyMessage, PyToken, headers_from_py, token_arg};
-use crate::runtime::runtime;
+use crate::runtime::{check_not_forked, fork_generation, runtime};
 
 /// Run `fut` on tokio; a pending future the caller's loop completes
 /// (cancelling it drops the work).
@@ -96,26 +99,31 @@ fn count_arg(py: Python<'_>, what: &str, n: Option<&Bound<'_, PyAny>>) -> PyResu
     }
 }
 
-fn credentials_arg(py: Python<'_>, credentials: &Bound<'_, PyAny>) -> PyResult<Credentials> {
-    let v = py_to_value(credentials, 1, 8)
-        .map_err(|e| to_pyerr(py, &BridgeError::unauthenticated(format!("credentials: {}", e.message()))))?;
-    Credentials::from_json(&v).map_err(|e| to_pyerr(py, &e))
-}
-
 /// The native remote bridge; `dreamos_bridge.RemoteBridge` wraps it.
 #[pyclass(name = "Remote", module = "dreamos_bridge._native", frozen)]
 pub struct PyRemote {
     remote: RemoteBridge,
     home: HomeLoop,
     max_depth: usize,
+    /// The fork generation of the process that connected.
+    generation: u64,
 }
 
 fn conv_remote(py: Python<'_>, (remote, home): (RemoteBridge, HomeLoop)) -> PyResult<Py<PyAny>> {
     let max_depth = Limits::default().max_json_depth;
-    Ok(Py::new(py, PyRemote { remote, home, max_depth })?.into_any())
+    Ok(Py::new(py, PyRemote { remote, home, max_depth, generation: fork_generation() })?.into_any())
 }
 
 impl PyRemote {
+    /// Refuse a remote bridge carried over from the parent by `fork()`.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        check_not_forked(
+            self.generation,
+            "this RemoteBridge was connected before fork(); connect again in the child process",
+        )
+        .map_err(|e| to_pyerr(py, &e))
+    }
+
     fn message_arg(
         &self,
         py: Python<'_>,
@@ -137,7 +145,7 @@ impl PyRemote {
             return Err(invalid(py, format!("destination must be a str or a Message, not {name}")));
         };
         let body = py_to_payload(payload, self.max_depth).map_err(|e| to_pyerr(py, &e))?;
-        let dest = str_of(dest).map_err(|_| invalid(py, "destination is not valid UTF-8 (it has lone surrogates)"))?;
+        let dest = text_arg(py, dest, "destination", ErrorCode::InvalidMessage)?;
         let mut core = dreamos_bridge::Message::new(dest, body);
         core.headers = headers_from_py(py, headers)?;
         Ok(core)
@@ -152,13 +160,14 @@ impl PyRemote {
     fn connect(
         py: Python<'_>,
         completer: &Bound<'_, Completer>,
-        url: &str,
+        url: &Bound<'_, PyString>,
         credentials: Option<&Bound<'_, PyAny>>,
         timeout: Option<&Bound<'_, PyAny>>,
-        ca_file: Option<std::path::PathBuf>,
+        ca_file: Option<&Bound<'_, PyAny>>,
         max_connections: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         guard(py, || {
+            let url = text_arg(py, url, "url", ErrorCode::Config)?.into_owned();
             let creds = match credentials.filter(|c| !c.is_none()) {
                 Some(c) => Some(credentials_arg(py, c)?),
                 None => None,
@@ -170,10 +179,9 @@ impl PyRemote {
             if let Some(n) = count_arg(py, "max_connections", max_connections)? {
                 opts.max_connections = n;
             }
-            opts.ca_file = ca_file;
+            opts.ca_file = ca_file.filter(|p| !p.is_none()).map(|p| config_path_arg(py, p, "ca_file")).transpose()?;
             let c = completer.get();
             let home: HomeLoop = Arc::new(Mutex::new(Some(c.get_loop(py)?)));
-            let url = url.to_string();
             let fut = async move {
                 let remote = match creds {
                     Some(creds) => RemoteBridge::connect(&url, &creds, opts).await?,
@@ -191,12 +199,14 @@ impl PyRemote {
     }
 
     #[getter]
-    fn token(&self) -> Option<PyToken> {
-        self.remote.token().map(PyToken::from)
+    fn token(&self, py: Python<'_>) -> PyResult<Option<PyToken>> {
+        self.check(py)?;
+        Ok(self.remote.token().map(PyToken::from))
     }
 
+    /// True in a forked child too: there the connection is not usable.
     fn is_closed(&self) -> bool {
-        self.remote.is_closed()
+        self.generation != fork_generation() || self.remote.is_closed()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -211,6 +221,7 @@ impl PyRemote {
         timeout: Option<&Bound<'_, PyAny>>,
         headers: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
         guard(py, || {
             let msg = self.message_arg(py, destination, payload, headers)?;
             let opts = CallOptions { token: token_arg(py, token)?, timeout: seconds_arg(py, "timeout", timeout)? };
@@ -229,6 +240,7 @@ impl PyRemote {
         token: Option<&Bound<'_, PyAny>>,
         headers: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
         guard(py, || {
             let msg = self.message_arg(py, destination, payload, headers)?;
             let opts = CallOptions { token: token_arg(py, token)?, timeout: None };
@@ -243,6 +255,7 @@ impl PyRemote {
         completer: &Bound<'_, Completer>,
         credentials: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
         guard(py, || {
             let creds = credentials_arg(py, credentials)?;
             let r = self.remote.clone();
@@ -255,10 +268,12 @@ impl PyRemote {
         &self,
         py: Python<'_>,
         completer: &Bound<'_, Completer>,
-        pattern: &str,
+        pattern: &Bound<'_, PyString>,
         func: Py<PyAny>,
         event_loop: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
+        let pattern = text_arg(py, pattern, "pattern", ErrorCode::InvalidMessage)?.into_owned();
         if !func.bind(py).is_callable() {
             let name = func.bind(py).get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
             return Err(pyo3::exceptions::PyTypeError::new_err(format!("a handler must be callable, not {name}")));
@@ -266,20 +281,22 @@ impl PyRemote {
         guard(py, || {
             let h = Arc::new(PyHandler::new(func, event_loop, self.home.clone(), self.max_depth));
             let r = self.remote.clone();
-            let pattern = pattern.to_string();
             spawn(py, completer.get(), async move { r.register_route(&pattern, h).await }, conv_none)
         })
     }
 
-    fn unregister_route(&self, pattern: &str) -> bool {
-        self.remote.unregister_route(pattern)
+    fn unregister_route(&self, py: Python<'_>, pattern: &Bound<'_, PyString>) -> PyResult<bool> {
+        self.check(py)?;
+        Ok(self.remote.unregister_route(&text_arg(py, pattern, "pattern", ErrorCode::InvalidMessage)?))
     }
 
-    fn routes(&self) -> Vec<String> {
-        self.remote.routes()
+    fn routes(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.check(py)?;
+        Ok(self.remote.routes())
     }
 
     fn metrics(&self, py: Python<'_>, completer: &Bound<'_, Completer>) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
         guard(py, || {
             let r = self.remote.clone();
             spawn(py, completer.get(), async move { r.metrics().await }, conv_json)
@@ -287,13 +304,19 @@ impl PyRemote {
     }
 
     fn health(&self, py: Python<'_>, completer: &Bound<'_, Completer>) -> PyResult<Py<PyAny>> {
+        self.check(py)?;
         guard(py, || {
             let r = self.remote.clone();
             spawn(py, completer.get(), async move { r.health().await }, conv_json)
         })
     }
 
-    fn close(&self) {
+    /// In a forked child this refuses too, as a local bridge's `shutdown()`
+    /// does, and touches nothing: the client's locks may have been held by
+    /// the parent's threads at the fork.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.check(py)?;
         self.remote.close();
+        Ok(())
     }
 }

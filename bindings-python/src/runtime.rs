@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use dreamos_bridge::BridgeError;
+use dreamos_bridge::{BridgeError, ErrorCode};
 use parking_lot::Mutex;
 use pyo3::prelude::*;
 use tokio::runtime::Runtime;
@@ -27,6 +27,16 @@ static EXITING: AtomicBool = AtomicBool::new(false);
 /// Bumped in every forked child (through `os.register_at_fork`).
 pub fn fork_generation() -> u64 {
     GENERATION.load(Ordering::Acquire)
+}
+
+/// `SHUTDOWN` with `advice` for an object made in fork generation `born`
+/// and used in a forked child: its connections and background tasks
+/// belong to the parent, so a call would only wait for them until it timed out.
+pub fn check_not_forked(born: u64, advice: &str) -> Result<(), BridgeError> {
+    if born != fork_generation() {
+        return Err(BridgeError::new(ErrorCode::Shutdown, advice));
+    }
+    Ok(())
 }
 
 /// Is the interpreter shutting down?

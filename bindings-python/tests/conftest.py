@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import hashlib
+import os
+import signal
 import sys
+import time
 from typing import Any, AsyncIterator, Dict, Optional
 
 import pytest
@@ -100,3 +103,16 @@ async def bridge() -> AsyncIterator[BridgeManager]:
         yield b
     finally:
         await b.shutdown()
+
+
+def wait_child(pid: int, timeout: float = 60.0) -> int:
+    """The exit code of a forked child; a child that hangs is killed and fails the test."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung")

@@ -70,6 +70,22 @@ def test_check_config_good_and_bad(tmp_path: Path) -> None:
     assert missing.returncode == 1
 
 
+def test_arguments_that_are_not_utf8_are_read_as_the_binary_reads_them(tmp_path: Path) -> None:
+    # Python hands such bytes over as lone surrogates (surrogateescape); the
+    # binary reads them lossily (U+FFFD), and so does the script, instead of
+    # dying with a UnicodeEncodeError traceback.
+    out = subprocess.run([_script(), b"hash-key", b"dk_\xff"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == hashlib.sha256("dk_\ufffd".encode()).hexdigest()
+    missing = subprocess.run(
+        [_script(), b"check-config", os.path.join(os.fsencode(tmp_path), b"nope-\xff.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1 and "nope-\ufffd.yaml" in missing.stderr, missing.stderr
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_serve_answers_health_then_drains_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
     cfg = tmp_path / "serve.yaml"

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import dreamos_bridge as db
 from dreamos_bridge import BridgeManager, Message
+
+from conftest import API_KEY, security_config
 
 
 def test_hierarchy_and_codes() -> None:
@@ -121,6 +125,63 @@ async def test_lone_surrogates_in_headers_destinations_and_tokens_are_typed_erro
     with pytest.raises(db.AuthenticationError):
         await bridge.publish("agents.echo", 1, token="tok\udc00")
     assert await bridge.route("agents.echo", "fine", headers={"x": "ü"}) == "fine"
+
+
+async def test_lone_surrogates_in_patterns_config_and_authorize_are_typed_errors(tmp_path: Path) -> None:
+    # Every text argument gets the bridge's typed error naming it, never
+    # Python's bare UnicodeEncodeError; the bridge keeps working.
+    with pytest.raises(db.ConfigError) as ce:
+        BridgeManager.from_yaml("bridge:\n  shutdown_grace: 1s\n# \ud800\n")
+    assert "text" in str(ce.value) and "UTF-8" in str(ce.value)
+    # A path that no file-system encoding can carry is the caller's bad input too.
+    with pytest.raises(db.ConfigError) as ce:
+        BridgeManager.from_file(str(tmp_path / "bridge\ud800.yaml"))
+    assert "path" in str(ce.value)
+    # A name decoded with surrogateescape (not UTF-8 on disk) is a real file: it opens.
+    odd = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"bridge-\xff.yaml"))
+    Path(odd).write_text("bridge:\n  shutdown_grace: 1s\n")
+    BridgeManager.from_file(odd)
+    BridgeManager.from_file(Path(odd))
+    # A config dict's bad text is named as the configuration, not a payload.
+    with pytest.raises(db.ConfigError) as ce:
+        BridgeManager({"bridge": {"host": "\udfff"}})
+    assert "configuration" in str(ce.value) and "payload" not in str(ce.value)
+
+    async with BridgeManager(security_config()) as b:
+        with pytest.raises(db.InvalidMessageError) as ie:
+            b.register_route("agents.\ud800", lambda m: m.payload)
+        assert "pattern" in str(ie.value) and "UTF-8" in str(ie.value)
+        with pytest.raises(db.InvalidMessageError) as ie:
+            b.unregister_route("agents.\ud800")
+        assert "pattern" in str(ie.value)
+        token = await b.authenticate({"api_key": API_KEY})
+        with pytest.raises(db.InvalidMessageError) as ie:
+            await b.authorize(token, "agents.\ud800")
+        assert "resource" in str(ie.value)
+        with pytest.raises(db.InvalidMessageError) as ie:
+            await b.authorize(token, "agents.x", "route\udc00")
+        assert "action" in str(ie.value)
+        with pytest.raises(db.InvalidMessageError) as ie:
+            await b.replay("\ud800")
+        assert "id" in str(ie.value)
+        b.register_route("agents.echo", lambda m: m.payload)
+        assert await b.authorize(token, "agents.echo")
+        assert await b.route("agents.echo", "fine", token=token) == "fine"
+        assert b.unregister_route("agents.echo")
+
+
+async def test_credentials_with_lone_surrogates_are_named_without_the_secret() -> None:
+    async with BridgeManager(security_config()) as b:
+        for creds in ({"api_key": "dk_secret_\ud800"}, {"dk_secret_\ud800": "x"}):
+            with pytest.raises(db.AuthenticationError) as ae:
+                await b.authenticate(creds)
+            text = str(ae.value)
+            assert "credentials" in text and "UTF-8" in text, text
+            assert "payload" not in text and "dk_secret" not in text, text
+        with pytest.raises(db.AuthenticationError) as ae:
+            await b.authenticate({"api_key": object()})  # type: ignore[dict-item]
+        assert "credentials" in str(ae.value) and "payload" not in str(ae.value)
+        assert (await b.authenticate({"api_key": API_KEY})).principal == "planner"
 
 
 async def test_queue_full() -> None:

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,7 @@ import pytest
 import dreamos_bridge as db
 from dreamos_bridge import BridgeManager
 
-
-def _wait_child(pid: int, timeout: float = 60.0) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError("the forked child hung")
+from conftest import wait_child
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
@@ -68,7 +57,7 @@ def test_fork_after_initialize() -> None:
             code = 12
         finally:
             os._exit(code)
-    assert _wait_child(pid) == 0
+    assert wait_child(pid) == 0
     # the parent is unaffected
     assert loop.run_until_complete(parent.route("rust.echo", 3)) == 3
     loop.run_until_complete(parent.shutdown())

@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
 import dreamos_bridge as db
 from dreamos_bridge import BridgeManager, Message
+
+from conftest import wait_child
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = "dk_remote_agent_0123456789"
@@ -177,6 +181,99 @@ async def test_errors_are_the_local_exception_classes(server: Server) -> None:
     with pytest.raises(db.ServiceUnavailableError) as su:
         await BridgeManager.connect(url, {"api_key": AGENT}, timeout=2)
     assert url.split("//")[1] in str(su.value)
+
+
+async def test_lone_surrogates_in_patterns_urls_and_credentials_are_typed_errors(server: Server) -> None:
+    with pytest.raises(db.ConfigError) as ce:
+        await BridgeManager.connect(server.url + "/\ud800", {"api_key": AGENT})
+    assert "url" in str(ce.value) and "UTF-8" in str(ce.value)
+    with pytest.raises(db.ConfigError) as ce:
+        await BridgeManager.connect(server.url, {"api_key": AGENT}, ca_file="ca\ud800.pem")
+    assert "ca_file" in str(ce.value)
+    with pytest.raises(db.AuthenticationError) as ae:
+        await BridgeManager.connect(server.url, {"api_key": "dk_secret_\ud800"})
+    assert "credentials" in str(ae.value) and "payload" not in str(ae.value)
+    assert "dk_secret" not in str(ae.value)
+    service = await BridgeManager.connect(server.url, {"api_key": SERVICE})
+    with pytest.raises(db.InvalidMessageError) as ie:
+        service.register_route("ext.\ud800", lambda m: m.payload)
+    assert "pattern" in str(ie.value) and "UTF-8" in str(ie.value)
+    with pytest.raises(db.InvalidMessageError) as ie:
+        service.unregister_route("ext.\udfff")
+    assert "pattern" in str(ie.value)
+    with pytest.raises(db.AuthenticationError) as ae:
+        await service.authenticate({"api_key": "dk_secret_\ud800"})
+    assert "credentials" in str(ae.value) and "payload" not in str(ae.value)
+    assert "dk_secret" not in str(ae.value)
+    # the connection keeps working
+    await service.register_route("ext.ok", lambda m: m.payload)
+    agent = await BridgeManager.connect(server.url, {"api_key": AGENT})
+    assert await agent.route("ext.ok", 7) == 7
+    assert service.unregister_route("ext.ok")
+    await agent.close()
+    await service.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_remote_bridge_refuses_work_in_a_forked_child(server: Server) -> None:
+    """In a forked child every call of the parent's RemoteBridge raises
+    ShutdownError at once (its connections and tasks belong to the parent);
+    a new connection works, and the parent's keeps working."""
+    loop = asyncio.new_event_loop()
+
+    async def setup() -> Any:
+        remote = await BridgeManager.connect(server.url, {"api_key": AGENT})
+        assert await remote.route("agents.echo", 1) == 1
+        return remote
+
+    parent = loop.run_until_complete(setup())
+
+    pid = os.fork()
+    if pid == 0:  # child: never return into pytest
+        code = 1
+        try:
+            signal.alarm(30)
+
+            async def child() -> int:
+                calls: List[Callable[[], Any]] = [
+                    # Without the check this waited for the parent's connection until the timeout.
+                    lambda: parent.route("agents.echo", 1, timeout=10),
+                    lambda: parent.publish("agents.echo", 1),
+                    lambda: parent.authenticate({"api_key": AGENT}),
+                    lambda: parent.register_route("agents.forked", lambda m: m.payload),
+                    lambda: parent.unregister_route("agents.forked"),
+                    lambda: parent.routes(),
+                    lambda: parent.token,
+                    lambda: parent.metrics(),
+                    lambda: parent.health(),
+                    lambda: parent.close(),
+                ]
+                for i, call in enumerate(calls):
+                    try:
+                        r = call()
+                        if inspect.isawaitable(r):
+                            await r
+                        return 10 + i
+                    except db.ShutdownError as e:
+                        if "fork" not in str(e):
+                            return 30 + i
+                if not parent.closed or "RemoteBridge" not in repr(parent):
+                    return 50
+                fresh = await BridgeManager.connect(server.url, {"api_key": AGENT})
+                assert await fresh.route("agents.echo", 2) == 2
+                await fresh.close()
+                return 0
+
+            code = asyncio.run(child())
+        except BaseException:
+            code = 60
+        finally:
+            os._exit(code)
+    assert wait_child(pid) == 0
+    # the parent is unaffected
+    assert loop.run_until_complete(parent.route("agents.echo", 3)) == 3
+    loop.run_until_complete(parent.close())
+    loop.close()
 
 
 async def test_a_python_handler_served_remotely_answers_another_agent(server: Server) -> None:

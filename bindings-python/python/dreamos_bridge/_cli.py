@@ -9,6 +9,7 @@ the standalone binary (``serve``, ``check-config``, ``hash-key``,
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -20,7 +21,11 @@ def main() -> None:
     # handler would only raise KeyboardInterrupt after the drain, and outside
     # `serve` Ctrl-C should end the command at once, as it does for the binary.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    sys.exit(_native.cli_main(sys.argv))
+    # An argument that is not UTF-8 arrives here with lone surrogates
+    # (surrogateescape), which Rust strings cannot take: read its bytes
+    # lossily, as the binary does (`to_string_lossy`).
+    argv = [os.fsencode(a).decode("utf-8", "replace") for a in sys.argv]
+    sys.exit(_native.cli_main(argv))
 
 
 if __name__ == "__main__":

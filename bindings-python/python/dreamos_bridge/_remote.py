@@ -88,7 +88,8 @@ class RemoteBridge:
 
     @property
     def closed(self) -> bool:
-        """Has :meth:`close` been called?"""
+        """Has :meth:`close` been called? (Always True in a process forked
+        after the connection, where every call raises ``ShutdownError``.)"""
         return bool(self._n.is_closed())
 
     # -- routes ---------------------------------------------------------------
@@ -189,7 +190,9 @@ class RemoteBridge:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"<RemoteBridge url={self.url!r} routes={len(self.routes())} closed={self.closed}>"
+        # A closed bridge serves nothing; in a forked child (closed too) routes() raises.
+        routes = "-" if self.closed else len(self.routes())
+        return f"<RemoteBridge url={self.url!r} routes={routes} closed={self.closed}>"
 
 
 __all__ = ["RemoteBridge", "Registration"]
