@@ -143,12 +143,22 @@ where
 }
 
 /// Per-call options.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct CallOptions {
     /// The caller's bridge token (required when security is on).
     pub token: Option<String>,
     /// How long the caller waits (default: the route's, else `bridge.request_timeout`).
     pub timeout: Option<Duration>,
+}
+
+/// The token is a bearer secret: Debug says only whether there is one.
+impl std::fmt::Debug for CallOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallOptions")
+            .field("token", &self.token.as_ref().map(|_| "***"))
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl CallOptions {

@@ -212,7 +212,7 @@ pub struct RoleConfig {
 }
 
 /// An external OAuth2/OIDC issuer whose JWTs the bridge accepts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
     /// Expected `iss`.
@@ -234,6 +234,27 @@ pub struct OidcConfig {
     /// Claim naming the principal.
     #[serde(default = "default_principal_claim")]
     pub principal_claim: String,
+}
+
+/// Inline JWKS may hold symmetric (`oct`) keys: Debug shows only key ids.
+impl std::fmt::Debug for OidcConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kids: Option<Vec<&str>> = self.jwks.as_ref().map(|j| {
+            j.get("keys")
+                .and_then(|k| k.as_array())
+                .map(|keys| keys.iter().map(|k| k.get("kid").and_then(|v| v.as_str()).unwrap_or("?")).collect())
+                .unwrap_or_default()
+        });
+        f.debug_struct("OidcConfig")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("jwks_kids", &kids)
+            .field("jwks_file", &self.jwks_file)
+            .field("algorithms", &self.algorithms)
+            .field("roles_claim", &self.roles_claim)
+            .field("principal_claim", &self.principal_claim)
+            .finish()
+    }
 }
 
 fn default_oidc_algorithms() -> Vec<String> {
@@ -816,12 +837,23 @@ impl SecurityConfig {
                 ));
             }
         }
+        let mut hashes = std::collections::HashMap::new();
         for (i, k) in self.api_keys.iter().enumerate() {
             let path = format!("security.api_keys[{i}]");
             if k.sha256.len() != 64 || !k.sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err(BridgeError::config(
                     &format!("{path}.sha256"),
                     "expected 64 hex digits, the SHA-256 of the key (`dreamos-bridge hash-key` prints it); never put the key itself here",
+                ));
+            }
+            // One key, two entries: which principal and roles it gets would
+            // depend on the order of the list.
+            if let Some(first) = hashes.insert(k.sha256.to_ascii_lowercase(), i) {
+                return Err(BridgeError::config(
+                    &format!("{path}.sha256"),
+                    format!(
+                        "is the same key as security.api_keys[{first}]: one key authenticates one principal; remove one entry"
+                    ),
                 ));
             }
             for r in &k.roles {
@@ -998,6 +1030,16 @@ mod tests {
         let e = BridgeConfig::from_yaml(yaml).unwrap_err();
         assert_eq!(e.code(), ErrorCode::Config);
         e.message().to_string()
+    }
+
+    #[test]
+    fn debug_output_shows_jwks_key_ids_not_keys() {
+        let c = BridgeConfig::from_yaml(
+            "security:\n  auth_type: token\n  oidc:\n    issuer: https://idp\n    audience: [b]\n    algorithms: [HS256]\n    jwks: {keys: [{kty: oct, kid: shared-1, k: c2VjcmV0LXN5bW1ldHJpYy1rZXk}]}\n",
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(shown.contains("shared-1") && !shown.contains("c2VjcmV0LXN5bW1ldHJpYy1rZXk"), "{shown}");
     }
 
     #[test]

@@ -110,8 +110,13 @@ security:
 }
 
 async fn start(keys: &[(&str, &str)]) -> Fixture {
+    start_edited(keys, |c| c).await
+}
+
+/// Like [`start`], with the config text changed by `edit` first.
+async fn start_edited(keys: &[(&str, &str)], edit: impl FnOnce(String) -> String) -> Fixture {
     let audit = std::env::temp_dir().join(format!("dreamos-sec-{}-{}.jsonl", std::process::id(), uuid::Uuid::now_v7()));
-    let bridge = BridgeManager::from_yaml(&config(keys, &audit)).unwrap();
+    let bridge = BridgeManager::from_yaml(&edit(config(keys, &audit))).unwrap();
     bridge.initialize().await.unwrap();
     for pattern in ["agents.echo", "agents.admin", "secret.vault", "events.>"] {
         bridge.register_route(pattern, handler_fn(|m: Message| async move { Ok(m.payload) })).unwrap();
@@ -276,6 +281,64 @@ async fn revoke_and_refresh() {
 }
 
 #[tokio::test]
+async fn revoking_a_token_revokes_the_tokens_refreshed_from_it() {
+    let f = fixture().await;
+    let leaked = login(&f.bridge, PLANNER_KEY);
+    let second = f.bridge.refresh(&leaked).unwrap();
+    let third = f.bridge.refresh(&second.value).unwrap();
+    f.bridge.revoke(&leaked).unwrap();
+    for t in [&second.value, &third.value] {
+        expect(call(&f.bridge, Some(t), "agents.echo").await.unwrap_err(), ErrorCode::Unauthenticated, "revoked");
+    }
+    expect(f.bridge.refresh(&third.value).unwrap_err(), ErrorCode::Unauthenticated, "revoked");
+    assert!(call(&f.bridge, Some(&login(&f.bridge, PLANNER_KEY)), "agents.echo").await.is_ok());
+}
+
+#[tokio::test]
+async fn a_refresh_takes_the_api_keys_roles_as_configured_now() {
+    let ops_entry = format!("    - principal: ops\n      sha256: {}\n      roles: [admin]\n", hash_key(OPS_KEY));
+    let before = fixture().await;
+    let admin_token = login(&before.bridge, OPS_KEY);
+    assert!(call(&before.bridge, Some(&admin_token), "secret.vault").await.is_ok());
+    // The same signing keys, the key downgraded to agent: a refresh gives agent.
+    let downgraded = start_edited(&[("k1", K1)], |c| {
+        let edited = c.replace(&ops_entry, &ops_entry.replace("[admin]", "[agent]"));
+        assert_ne!(edited, c);
+        edited
+    })
+    .await;
+    let refreshed = downgraded.bridge.refresh(&admin_token).unwrap();
+    assert_eq!(refreshed.roles, vec!["agent"]);
+    expect(
+        call(&downgraded.bridge, Some(&refreshed.value), "secret.vault").await.unwrap_err(),
+        ErrorCode::Forbidden,
+        "ops",
+    );
+    // The key removed: no refresh at all, and the chain goes no further.
+    let removed = start_edited(&[("k1", K1)], |c| c.replace(&ops_entry, "")).await;
+    expect(removed.bridge.refresh(&refreshed.value).unwrap_err(), ErrorCode::Unauthenticated, "no longer configured");
+    // Tokens not from an API key keep their roles that are still defined.
+    let minted = before.bridge.security().issue_token("tool", &["agent".into()], Duration::from_secs(60)).unwrap();
+    assert_eq!(removed.bridge.refresh(&minted.value).unwrap().roles, vec!["agent"]);
+}
+
+#[tokio::test]
+async fn tokens_and_call_options_hide_the_token_in_debug_output() {
+    let f = fixture().await;
+    let t = f.bridge.authenticate(&Credentials::ApiKey(PLANNER_KEY.into())).unwrap();
+    let shown = format!("{t:?} {:?}", CallOptions::with_token(t.value.clone()));
+    assert!(!shown.contains(&t.value) && shown.contains("planner"), "{shown}");
+}
+
+#[test]
+fn one_api_key_listed_twice_is_a_config_error() {
+    let audit = std::env::temp_dir().join("dreamos-sec-unused.jsonl");
+    let twice = config(&[("k1", K1)], &audit).replace(&hash_key(LOCKED_KEY), &hash_key(OPS_KEY).to_uppercase());
+    let e = BridgeManager::from_yaml(&twice).unwrap_err();
+    expect(e, ErrorCode::Config, "security.api_keys[2].sha256");
+}
+
+#[tokio::test]
 async fn key_rotation_keeps_old_tokens_valid() {
     let old = fixture().await;
     let t = login(&old.bridge, PLANNER_KEY);
@@ -378,6 +441,14 @@ async fn oidc_refusals() {
     let mut c = oidc_claims();
     c.as_object_mut().unwrap().remove("email");
     expect(auth(&c, Some(OIDC_KID)), ErrorCode::Unauthenticated, "email");
+    // Expired, but within the issuer's clock-skew leeway: no dead token.
+    let mut c = oidc_claims();
+    c["exp"] = json!(now() - 10);
+    expect(auth(&c, Some(OIDC_KID)), ErrorCode::Unauthenticated, "expired");
+    // A subject that names an API-key principal does not pass for it.
+    let mut c = oidc_claims();
+    c["email"] = json!("planner");
+    expect(auth(&c, Some(OIDC_KID)), ErrorCode::Unauthenticated, "API-key principal");
     // A bridge token is not an OIDC token.
     let bridge_token = login(&f.bridge, PLANNER_KEY);
     expect(

@@ -108,6 +108,11 @@ impl AccessControl {
         self.roles.contains_key(role)
     }
 
+    /// The roles of `roles` this config defines (others grant nothing).
+    pub fn defined<'a>(&self, roles: impl Iterator<Item = &'a str>) -> Arc<[Arc<str>]> {
+        roles.filter(|r| self.has_role(r)).map(Arc::from).collect()
+    }
+
     /// Allow (naming the granting role) or refuse.
     pub fn check(
         &self,

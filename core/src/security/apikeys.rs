@@ -3,6 +3,11 @@
 //! A presented key is hashed and compared against every configured hash in
 //! constant time, without stopping at the first match, so neither the
 //! comparison nor the position of the matching entry leaks through timing.
+//!
+//! A token issued for a key names the key by a fingerprint (derived from its
+//! hash, never the key), so that a refresh can find the key again and take
+//! its roles as configured now: a key removed or downgraded in the config
+//! stops granting through old tokens' refreshes.
 
 use std::sync::Arc;
 
@@ -16,6 +21,7 @@ use crate::error::{BridgeError, Result};
 #[derive(Debug)]
 struct Entry {
     digest: [u8; 32],
+    fingerprint: Arc<str>,
     principal: Arc<str>,
     roles: Arc<[Arc<str>]>,
 }
@@ -29,6 +35,8 @@ pub struct ApiKeys {
 /// Who an API key authenticates.
 #[derive(Debug, Clone)]
 pub struct KeyIdentity {
+    /// Names the key in the tokens issued for it (see [`fingerprint`]).
+    pub fingerprint: Arc<str>,
     /// The principal.
     pub principal: Arc<str>,
     /// Its roles.
@@ -38,6 +46,16 @@ pub struct KeyIdentity {
 /// The hex SHA-256 of a key, as `security.api_keys[].sha256` expects it.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// A key's name in its tokens: 16 hex digits of a hash of the key's
+/// SHA-256 under a fixed label. It names the configured entry, and reveals
+/// nothing about the key or the configured hash.
+fn fingerprint(digest: &[u8; 32]) -> Arc<str> {
+    let mut h = Sha256::new();
+    h.update(b"dreamos-bridge api key fingerprint\0");
+    h.update(digest);
+    Arc::from(hex::encode(&h.finalize()[..8]))
 }
 
 impl ApiKeys {
@@ -51,6 +69,7 @@ impl ApiKeys {
             })?;
             entries.push(Entry {
                 digest,
+                fingerprint: fingerprint(&digest),
                 principal: Arc::from(k.principal.as_str()),
                 roles: k.roles.iter().map(|r| Arc::from(r.as_str())).collect(),
             });
@@ -85,12 +104,35 @@ impl ApiKeys {
         }
         if bool::from(found) {
             // `index` < len by construction when found.
-            let e = &self.entries[index as usize];
-            Ok(KeyIdentity { principal: e.principal.clone(), roles: e.roles.clone() })
+            Ok(self.entries[index as usize].identity())
         } else {
             Err(BridgeError::unauthenticated(
                 "unknown API key: check the key, or add its SHA-256 under security.api_keys (`dreamos-bridge hash-key` prints it)",
             ))
+        }
+    }
+}
+
+impl ApiKeys {
+    /// The key a token names by `fingerprint`, as configured now; `None`
+    /// when it is no longer configured. (Fingerprints come from signed
+    /// tokens, not from guesses, so a plain comparison is fine here.)
+    pub fn identity_of(&self, fingerprint: &str) -> Option<KeyIdentity> {
+        self.entries.iter().find(|e| &*e.fingerprint == fingerprint).map(Entry::identity)
+    }
+
+    /// Does some configured key authenticate as `principal`?
+    pub fn has_principal(&self, principal: &str) -> bool {
+        self.entries.iter().any(|e| &*e.principal == principal)
+    }
+}
+
+impl Entry {
+    fn identity(&self) -> KeyIdentity {
+        KeyIdentity {
+            fingerprint: self.fingerprint.clone(),
+            principal: self.principal.clone(),
+            roles: self.roles.clone(),
         }
     }
 }
@@ -128,6 +170,18 @@ mod tests {
         assert!(!e.message().contains("dk_wrong_secret_123"));
         assert!(keys().authenticate("").is_err());
         assert!(ApiKeys::default().authenticate("anything").is_err());
+    }
+
+    #[test]
+    fn a_fingerprint_finds_its_key_and_nothing_else() {
+        let k = keys();
+        let ops = k.authenticate("dk_ops_secret").unwrap();
+        assert_eq!(ops.fingerprint.len(), 16);
+        assert!(!hash_key("dk_ops_secret").contains(&*ops.fingerprint));
+        assert_eq!(&*k.identity_of(&ops.fingerprint).unwrap().principal, "ops");
+        assert_ne!(ops.fingerprint, k.authenticate("dk_planner_secret").unwrap().fingerprint);
+        assert!(k.identity_of("0000000000000000").is_none());
+        assert!(k.has_principal("planner") && !k.has_principal("nobody"));
     }
 
     #[test]

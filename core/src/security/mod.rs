@@ -29,7 +29,7 @@ use self::apikeys::ApiKeys;
 use self::audit::{AuditLog, Decision, Record};
 use self::oidc::OidcVerifier;
 use self::signing::MessageSigner;
-use self::tokens::{Refusal, TokenService};
+use self::tokens::{Claims, Refusal, TokenService, unix_now};
 use crate::config::{AuthType, SecurityConfig};
 use crate::error::{BridgeError, Result};
 use crate::message::{Message, now_millis};
@@ -71,8 +71,9 @@ pub struct Principal {
     pub expires_at: u64,
 }
 
-/// A bridge token as returned by `authenticate`.
-#[derive(Debug, Clone, Serialize)]
+/// A bridge token as returned by `authenticate`. Its Debug output hides
+/// `value`, the bearer secret.
+#[derive(Clone, Serialize)]
 pub struct Token {
     /// The JWT string to present.
     pub value: String,
@@ -82,6 +83,17 @@ pub struct Token {
     pub roles: Vec<String>,
     /// Expiry, Unix seconds.
     pub expires_at: u64,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Token")
+            .field("value", &"***")
+            .field("principal", &self.principal)
+            .field("roles", &self.roles)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 /// What a caller presents to `authenticate`.
@@ -194,7 +206,7 @@ impl SecurityManager {
                 "api_key",
                 s.api_keys
                     .authenticate(key)
-                    .map(|id| (id.principal, id.roles, None))
+                    .map(|id| (id.principal, id.roles, None, Some(id.fingerprint)))
                     .map_err(|error| Refusal { reason: "unknown api key", error }),
             ),
             Credentials::Jwt(jwt) => (
@@ -206,18 +218,37 @@ impl SecurityManager {
                             "no OIDC issuer is configured (security.oidc), so external tokens are not accepted: authenticate with an api_key",
                         ),
                     }),
-                    Some(v) => v.verify(jwt).map(|id| {
+                    Some(v) => v.verify(jwt).and_then(|id| {
+                        // The subject must not pass for a principal this
+                        // bridge knows by its API key: handlers, limits and
+                        // the audit would take one for the other.
+                        if s.api_keys.has_principal(&id.principal) {
+                            let who: String = id.principal.chars().take(64).collect();
+                            return Err(Refusal::new(
+                                "oidc subject is an api key principal",
+                                format!(
+                                    "the OIDC token names {who:?}, which is an API-key principal on this bridge: rename one of them (security.api_keys, or security.oidc.principal_claim)"
+                                ),
+                            ));
+                        }
+                        // Accepted within the clock-skew leeway, but already
+                        // expired: a bridge token capped at it would be dead.
+                        if id.expires_at.is_some_and(|exp| exp <= unix_now()) {
+                            return Err(Refusal::new(
+                                "oidc token expired",
+                                "the OIDC token has expired: get a fresh one from the identity provider",
+                            ));
+                        }
                         // Only roles this bridge defines mean anything here.
-                        let roles: Arc<[Arc<str>]> =
-                            id.roles.iter().filter(|r| s.access.has_role(r)).map(|r| Arc::from(r.as_str())).collect();
-                        (id.principal, roles, id.expires_at)
+                        let roles = s.access.defined(id.roles.iter().map(String::as_str));
+                        Ok((id.principal, roles, id.expires_at, None))
                     }),
                 },
             ),
         };
-        let issued = outcome.and_then(|(principal, roles, max_exp)| {
+        let issued = outcome.and_then(|(principal, roles, max_exp, key)| {
             s.tokens
-                .issue(&principal, &roles, max_exp)
+                .issue(&principal, &roles, max_exp, key.as_deref())
                 .map(|t| (principal.clone(), t))
                 .map_err(|error| Refusal { reason: "internal", error })
         });
@@ -320,12 +351,12 @@ impl SecurityManager {
         }
     }
 
-    /// Revoke a token (until its expiry).
+    /// Revoke a token and every token refreshed from it.
     pub fn revoke(&self, token: &str) -> Result<()> {
         let s = self.on()?;
         match s.tokens.revoke(token) {
             Ok(principal) => {
-                s.audit.record(Record::authn("revoke", principal, "bridge_token", Decision::Allow, "revoked"));
+                s.audit.record(Record::authn("revoke", Some(principal), "bridge_token", Decision::Allow, "revoked"));
                 Ok(())
             }
             Err(r) => {
@@ -335,10 +366,23 @@ impl SecurityManager {
         }
     }
 
-    /// A new token for the same principal, from a valid one (which is revoked).
+    /// A new token for the same principal, from a valid one (which is
+    /// revoked), with the roles the current config gives: a token from an
+    /// API key takes that key's roles now, and is refused if the key is no
+    /// longer configured; other tokens keep the roles still defined.
     pub fn refresh(&self, token: &str) -> Result<Token> {
         let s = self.on()?;
-        match s.tokens.refresh(token) {
+        let roles_now = |claims: &Claims| match &claims.key {
+            Some(fingerprint) => match s.api_keys.identity_of(fingerprint) {
+                Some(id) if *id.principal == *claims.sub => Ok(id.roles),
+                _ => Err(Refusal::new(
+                    "api key removed",
+                    "the API key this token was issued for is no longer configured: authenticate again",
+                )),
+            },
+            None => Ok(s.access.defined(claims.roles.iter().map(String::as_str))),
+        };
+        match s.tokens.refresh(token, roles_now) {
             Ok(t) => {
                 let who: Arc<str> = Arc::from(t.principal.as_str());
                 s.audit.record(Record::authn("refresh", Some(who), "bridge_token", Decision::Allow, "token issued"));

@@ -17,8 +17,18 @@
 //! an unexpired `exp` (with a few seconds of leeway for clock skew between
 //! bridges that share keys).
 //!
-//! Revocation is by `jti` and lasts until the token's own expiry, after
-//! which the entry is pruned (an expired token is refused anyway).
+//! A refresh replaces a token with a new one of the same chain (claim
+//! `fam`, the `jti` of the chain's first token). It re-derives the roles: a
+//! token issued for an API key names the key (claim `key`, a fingerprint),
+//! and the refresh takes the key's roles as configured now, or is refused
+//! if the key is gone; the caller decides this ([`TokenService::refresh`]).
+//!
+//! Revocation: a refresh revokes the replaced token by `jti`, until the
+//! token's own expiry. `revoke` revokes the whole chain, every token
+//! refreshed from the one presented included, until the last token the
+//! chain could hold has expired (`token_expiry` from now). Entries are
+//! pruned after that, at most once a second; an expired token is refused
+//! anyway.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -67,6 +77,20 @@ pub struct Claims {
     /// outlive the external token).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_exp: Option<u64>,
+    /// The refresh chain: the `jti` of its first token (absent in tokens
+    /// from before chains: the token's own `jti`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fam: Option<String>,
+    /// The fingerprint of the API key the chain was issued for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+impl Claims {
+    /// The chain this token belongs to.
+    fn family(&self) -> std::result::Result<Uuid, Refusal> {
+        parse_jti(self.fam.as_deref().unwrap_or(&self.jti))
+    }
 }
 
 /// A refused token: the caller's error and the audit reason.
@@ -79,7 +103,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    fn new(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: &'static str, message: impl Into<String>) -> Self {
         Refusal { reason, error: BridgeError::unauthenticated(message) }
     }
 }
@@ -125,6 +149,37 @@ type DigestMap<V> = HashMap<TokenDigest, V, BuildHasherDefault<PassThrough>>;
 struct CacheEntry {
     principal: Arc<Principal>,
     jti: Uuid,
+    family: Uuid,
+}
+
+/// Revoked tokens and chains, each with the time after which its entry
+/// can go (no token it covers can still be valid).
+#[derive(Default)]
+struct Revocations {
+    tokens: HashMap<Uuid, u64>,
+    families: HashMap<Uuid, u64>,
+    /// When expired entries were last dropped (Unix seconds).
+    pruned_at: u64,
+}
+
+impl Revocations {
+    fn covers(&self, jti: &Uuid, family: &Uuid) -> bool {
+        self.tokens.contains_key(jti) || self.families.contains_key(family)
+    }
+
+    /// Drop the entries whose tokens have all expired, at most once a
+    /// second (revokes and refreshes would otherwise each scan them all).
+    fn prune(&mut self, now: u64) {
+        if now > self.pruned_at {
+            self.pruned_at = now;
+            self.tokens.retain(|_, until| until.saturating_add(LEEWAY_SECS) >= now);
+            self.families.retain(|_, until| until.saturating_add(LEEWAY_SECS) >= now);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.tokens.len() + self.families.len()
+    }
 }
 
 /// The header fields the allow-list needs, read before any signature check.
@@ -145,8 +200,8 @@ pub struct TokenService {
     expiry_secs: u64,
     validation: Validation,
     cache: RwLock<DigestMap<CacheEntry>>,
-    /// jti to the token's expiry.
-    revoked: RwLock<HashMap<Uuid, u64>>,
+    revoked: RwLock<Revocations>,
+    /// Entries in `revoked`: the hot path reads the set only when non-zero.
     revoked_len: AtomicUsize,
 }
 
@@ -192,7 +247,7 @@ impl TokenService {
             expiry_secs: expiry_secs.max(1),
             validation,
             cache: RwLock::new(DigestMap::default()),
-            revoked: RwLock::new(HashMap::new()),
+            revoked: RwLock::new(Revocations::default()),
             revoked_len: AtomicUsize::new(0),
         }
     }
@@ -203,9 +258,16 @@ impl TokenService {
     }
 
     /// Issue a token for `principal` with `roles`, expiring after
-    /// `token_expiry` or at `max_exp`, whichever comes first.
-    pub fn issue(&self, principal: &Arc<str>, roles: &Arc<[Arc<str>]>, max_exp: Option<u64>) -> Result<Token> {
-        self.issue_for(principal, roles, self.expiry_secs, max_exp)
+    /// `token_expiry` or at `max_exp`, whichever comes first; `key`: the
+    /// fingerprint of the API key it is issued for.
+    pub fn issue(
+        &self,
+        principal: &Arc<str>,
+        roles: &Arc<[Arc<str>]>,
+        max_exp: Option<u64>,
+        key: Option<&str>,
+    ) -> Result<Token> {
+        self.mint(principal, roles, self.expiry_secs, max_exp, key, None)
     }
 
     /// Are the signing keys from the config (not the random process-only
@@ -223,12 +285,26 @@ impl TokenService {
         ttl_secs: u64,
         max_exp: Option<u64>,
     ) -> Result<Token> {
+        self.mint(principal, roles, ttl_secs, max_exp, None, None)
+    }
+
+    /// A new token; `family`: the chain it continues (`None`: it starts one).
+    fn mint(
+        &self,
+        principal: &Arc<str>,
+        roles: &Arc<[Arc<str>]>,
+        ttl_secs: u64,
+        max_exp: Option<u64>,
+        key: Option<&str>,
+        family: Option<Uuid>,
+    ) -> Result<Token> {
         let now = unix_now();
         let mut exp = now.saturating_add(ttl_secs.max(1));
         if let Some(m) = max_exp {
             exp = exp.min(m);
         }
         let jti = Uuid::now_v7();
+        let family = family.unwrap_or(jti);
         let claims = Claims {
             sub: principal.to_string(),
             roles: roles.iter().map(|r| r.to_string()).collect(),
@@ -237,6 +313,8 @@ impl TokenService {
             jti: jti.to_string(),
             iss: ISSUER.to_string(),
             max_exp,
+            fam: Some(family.to_string()),
+            key: key.map(str::to_string),
         };
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.signing_kid.clone());
@@ -244,7 +322,7 @@ impl TokenService {
             .map_err(|e| BridgeError::internal(format!("cannot sign a bridge token: {e}")))?;
         // Pre-cache: the first call with the new token is as cheap as the rest.
         let principal_arc = Arc::new(Principal { name: principal.clone(), roles: roles.clone(), expires_at: exp });
-        self.insert(digest(&value), CacheEntry { principal: principal_arc, jti }, now);
+        self.insert(digest(&value), CacheEntry { principal: principal_arc, jti, family }, now);
         Ok(Token { value, principal: claims.sub, roles: claims.roles, expires_at: exp })
     }
 
@@ -255,7 +333,7 @@ impl TokenService {
         let now = unix_now();
         if let Some(e) = self.cache.read().get(&key)
             && now <= e.principal.expires_at.saturating_add(LEEWAY_SECS)
-            && (self.revoked_len.load(Ordering::Acquire) == 0 || !self.revoked.read().contains_key(&e.jti))
+            && (self.revoked_len.load(Ordering::Acquire) == 0 || !self.revoked.read().covers(&e.jti, &e.family))
         {
             return Ok(e.principal.clone());
         }
@@ -266,22 +344,23 @@ impl TokenService {
     fn verify_slow(&self, token: &str, key: TokenDigest, now: u64) -> std::result::Result<Arc<Principal>, Refusal> {
         let claims = self.decode(token, true)?;
         let jti = parse_jti(&claims.jti)?;
+        let family = claims.family()?;
         let principal = Arc::new(Principal {
             name: Arc::from(claims.sub.as_str()),
             roles: claims.roles.iter().map(|r| Arc::from(r.as_str())).collect(),
             expires_at: claims.exp,
         });
-        // Check revocation and insert under the cache lock, so a concurrent
-        // revoke (which marks first, then purges the cache) cannot be missed.
+        // Check revocation and insert under the cache lock; a revoke after
+        // this is caught by the check every cache hit makes.
         let mut cache = self.cache.write();
-        if self.revoked.read().contains_key(&jti) {
+        if self.revoked.read().covers(&jti, &family) {
             cache.remove(&key);
             return Err(Refusal::new("revoked", "the token was revoked: authenticate again for a new one"));
         }
         if cache.len() >= CACHE_CAPACITY {
             prune(&mut cache, now);
         }
-        cache.insert(key, CacheEntry { principal: principal.clone(), jti });
+        cache.insert(key, CacheEntry { principal: principal.clone(), jti, family });
         Ok(principal)
     }
 
@@ -337,45 +416,57 @@ impl TokenService {
         })
     }
 
-    /// Revoke `token` until it expires. An expired token needs nothing; a
-    /// token that does not verify is refused.
-    pub fn revoke(&self, token: &str) -> std::result::Result<Option<Arc<str>>, Refusal> {
+    /// Revoke `token` and its whole refresh chain: the tokens it was
+    /// refreshed from and, above all, those refreshed from it, so that a
+    /// leaked token is dead with everything it produced. The token may have
+    /// expired (what it produced may not have); one that does not verify
+    /// is refused. The principal it named, for the audit.
+    pub fn revoke(&self, token: &str) -> std::result::Result<Arc<str>, Refusal> {
         let claims = self.decode(token, false)?;
-        let jti = parse_jti(&claims.jti)?;
+        let family = claims.family()?;
         let now = unix_now();
-        if claims.exp.saturating_add(LEEWAY_SECS) < now {
-            return Ok(None);
-        }
-        self.mark_revoked(jti, claims.exp, now);
-        Ok(Some(Arc::from(claims.sub.as_str())))
+        // No token of the chain outlives this: a refresh from now on is
+        // refused, and every earlier one expires within `token_expiry`.
+        let until = now.saturating_add(self.expiry_secs);
+        self.update_revoked(now, |r| {
+            let e = r.families.entry(family).or_insert(until);
+            *e = (*e).max(until);
+        });
+        Ok(Arc::from(claims.sub.as_str()))
     }
 
-    /// Verify `token`, issue a new one for the same principal and roles, and
-    /// revoke the old one. A token can be refreshed once.
-    pub fn refresh(&self, token: &str) -> std::result::Result<Token, Refusal> {
+    /// Verify `token` and replace it with a new token of its chain, for the
+    /// same principal with the roles `roles_now` gives from its claims (the
+    /// roles it should have under the current config, or a refusal); the
+    /// old token is revoked. A token can be refreshed once.
+    pub fn refresh(
+        &self,
+        token: &str,
+        roles_now: impl FnOnce(&Claims) -> std::result::Result<Arc<[Arc<str>]>, Refusal>,
+    ) -> std::result::Result<Token, Refusal> {
         self.verify(token)?;
         let claims = self.decode(token, true)?;
         let jti = parse_jti(&claims.jti)?;
+        let family = claims.family()?;
+        let roles = roles_now(&claims)?;
         let now = unix_now();
-        if !self.mark_revoked(jti, claims.exp, now) {
+        let fresh = self.update_revoked(now, |r| r.tokens.insert(jti, claims.exp).is_none());
+        if !fresh {
             return Err(Refusal::new("revoked", "the token was already refreshed or revoked: authenticate again"));
         }
         let principal: Arc<str> = Arc::from(claims.sub.as_str());
-        let roles: Arc<[Arc<str>]> = claims.roles.iter().map(|r| Arc::from(r.as_str())).collect();
-        self.issue(&principal, &roles, claims.max_exp).map_err(|error| Refusal { reason: "internal", error })
+        self.mint(&principal, &roles, self.expiry_secs, claims.max_exp, claims.key.as_deref(), Some(family))
+            .map_err(|error| Refusal { reason: "internal", error })
     }
 
-    /// Returns false if `jti` was already revoked.
-    fn mark_revoked(&self, jti: Uuid, exp: u64, now: u64) -> bool {
-        let fresh = {
-            let mut revoked = self.revoked.write();
-            revoked.retain(|_, e| e.saturating_add(LEEWAY_SECS) >= now);
-            let fresh = revoked.insert(jti, exp).is_none();
-            self.revoked_len.store(revoked.len(), Ordering::Release);
-            fresh
-        };
-        self.cache.write().retain(|_, e| e.jti != jti);
-        fresh
+    /// Change the revocations (pruning them first). The verify cache needs
+    /// no purge: its hits consult the revocations whenever there are any.
+    fn update_revoked<T>(&self, now: u64, change: impl FnOnce(&mut Revocations) -> T) -> T {
+        let mut revoked = self.revoked.write();
+        revoked.prune(now);
+        let out = change(&mut revoked);
+        self.revoked_len.store(revoked.len(), Ordering::Release);
+        out
     }
 
     /// Tokens currently revoked (and not yet expired).
@@ -465,7 +556,7 @@ mod tests {
     #[test]
     fn issue_then_verify() {
         let s = TokenService::new(&[key("k1", K1)], 60);
-        let t = s.issue(&Arc::from("planner"), &roles(&["agent"]), None).unwrap();
+        let t = s.issue(&Arc::from("planner"), &roles(&["agent"]), None, None).unwrap();
         assert_eq!(t.principal, "planner");
         assert!(t.expires_at >= unix_now() + 59);
         let p = s.verify(&t.value).unwrap();
@@ -481,10 +572,10 @@ mod tests {
     #[test]
     fn rotation_old_key_still_verifies() {
         let old = TokenService::new(&[key("k1", K1)], 60);
-        let t = old.issue(&Arc::from("p"), &roles(&[]), None).unwrap();
+        let t = old.issue(&Arc::from("p"), &roles(&[]), None, None).unwrap();
         let rotated = TokenService::new(&[key("k2", K2), key("k1", K1)], 60);
         assert!(rotated.verify(&t.value).is_ok());
-        let new = rotated.issue(&Arc::from("p"), &roles(&[]), None).unwrap();
+        let new = rotated.issue(&Arc::from("p"), &roles(&[]), None, None).unwrap();
         let header = jsonwebtoken::decode_header(&new.value).unwrap();
         assert_eq!(header.kid.as_deref(), Some("k2"));
         // After retiring k1, its tokens are refused as unknown kid.
@@ -523,31 +614,74 @@ mod tests {
         }
     }
 
+    /// The roles a refresh keeps: those of the old token.
+    fn same_roles(c: &Claims) -> std::result::Result<Arc<[Arc<str>]>, Refusal> {
+        Ok(c.roles.iter().map(|r| Arc::from(r.as_str())).collect())
+    }
+
     #[test]
     fn revoke_and_refresh() {
         let s = TokenService::new(&[key("k1", K1)], 60);
-        let t = s.issue(&Arc::from("p"), &roles(&["agent"]), None).unwrap();
+        let t = s.issue(&Arc::from("p"), &roles(&["agent"]), None, None).unwrap();
         assert!(s.verify(&t.value).is_ok());
-        let t2 = s.refresh(&t.value).unwrap();
+        let t2 = s.refresh(&t.value, same_roles).unwrap();
         assert_eq!(s.verify(&t.value).unwrap_err().reason, "revoked");
-        assert!(s.refresh(&t.value).is_err());
+        assert!(s.refresh(&t.value, same_roles).is_err());
         assert_eq!(&*s.verify(&t2.value).unwrap().roles[0], "agent");
-        assert_eq!(s.revoke(&t2.value).unwrap().as_deref(), Some("p"));
+        assert_eq!(&*s.revoke(&t2.value).unwrap(), "p");
         assert_eq!(s.verify(&t2.value).unwrap_err().reason, "revoked");
-        assert_eq!(s.revoked_count(), 2);
-        // Revoking an expired token is a no-op; a forged one is refused.
-        let expired = forge("k1", K1.as_bytes(), &claims(unix_now() - 100));
-        assert!(s.revoke(&expired).unwrap().is_none());
+        assert_eq!(s.revoked_count(), 2, "t by its jti, the chain by its family");
+        // A forged token is refused.
         assert!(s.revoke(&forge("k1", K2.as_bytes(), &claims(unix_now() + 100))).is_err());
+    }
+
+    #[test]
+    fn revoking_a_token_revokes_what_was_refreshed_from_it() {
+        let s = TokenService::new(&[key("k1", K1)], 60);
+        let t1 = s.issue(&Arc::from("p"), &roles(&["agent"]), None, None).unwrap();
+        let t2 = s.refresh(&t1.value, same_roles).unwrap();
+        let t3 = s.refresh(&t2.value, same_roles).unwrap();
+        // Another chain is not touched.
+        let other = s.issue(&Arc::from("p"), &roles(&["agent"]), None, None).unwrap();
+        s.revoke(&t1.value).unwrap();
+        assert_eq!(s.verify(&t3.value).unwrap_err().reason, "revoked");
+        assert!(s.refresh(&t3.value, same_roles).is_err());
+        assert!(s.verify(&other.value).is_ok());
+        // A second service with the same keys sees the chain in the claims.
+        let other_service = TokenService::new(&[key("k1", K1)], 60);
+        other_service.revoke(&t2.value).unwrap();
+        assert_eq!(other_service.verify(&t3.value).unwrap_err().reason, "revoked");
+    }
+
+    #[test]
+    fn a_refresh_takes_the_roles_it_is_given_or_is_refused() {
+        let s = TokenService::new(&[key("k1", K1)], 60);
+        let t = s.issue(&Arc::from("p"), &roles(&["admin"]), None, Some("fp1")).unwrap();
+        let down = s
+            .refresh(&t.value, |c| {
+                assert_eq!(c.key.as_deref(), Some("fp1"));
+                Ok(roles(&["agent"]))
+            })
+            .unwrap();
+        assert_eq!(down.roles, vec!["agent".to_string()]);
+        assert_eq!(&*s.verify(&down.value).unwrap().roles[0], "agent");
+        let refused = s.refresh(&down.value, |c| {
+            assert_eq!(c.key.as_deref(), Some("fp1"), "the key is carried through refreshes");
+            Err(Refusal::new("api key removed", "gone"))
+        });
+        assert_eq!(refused.unwrap_err().reason, "api key removed");
+        // A refused refresh leaves the token as it was.
+        assert!(s.verify(&down.value).is_ok());
     }
 
     #[test]
     fn revocations_are_pruned_after_expiry() {
         let s = TokenService::new(&[key("k1", K1)], 60);
         let now = unix_now();
-        s.mark_revoked(Uuid::now_v7(), now - 100, now);
+        s.update_revoked(now, |r| r.tokens.insert(Uuid::now_v7(), now - 100));
         assert_eq!(s.revoked_count(), 1);
-        s.mark_revoked(Uuid::now_v7(), now + 100, now);
+        // Pruning runs at most once a second.
+        s.update_revoked(now + 1, |r| r.tokens.insert(Uuid::now_v7(), now + 100));
         assert_eq!(s.revoked_count(), 1);
     }
 
@@ -555,16 +689,16 @@ mod tests {
     fn max_exp_caps_lifetime() {
         let s = TokenService::new(&[key("k1", K1)], 3600);
         let cap = unix_now() + 30;
-        let t = s.issue(&Arc::from("p"), &roles(&[]), Some(cap)).unwrap();
+        let t = s.issue(&Arc::from("p"), &roles(&[]), Some(cap), None).unwrap();
         assert_eq!(t.expires_at, cap);
-        assert_eq!(s.refresh(&t.value).unwrap().expires_at, cap);
+        assert_eq!(s.refresh(&t.value, same_roles).unwrap().expires_at, cap);
     }
 
     #[test]
     fn random_key_without_config() {
         let a = TokenService::new(&[], 60);
         let b = TokenService::new(&[], 60);
-        let t = a.issue(&Arc::from("p"), &roles(&[]), None).unwrap();
+        let t = a.issue(&Arc::from("p"), &roles(&[]), None, None).unwrap();
         assert!(a.verify(&t.value).is_ok());
         assert_eq!(b.verify(&t.value).unwrap_err().reason, "bad signature");
     }
