@@ -22,10 +22,11 @@ C_ASAN_ENV := ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:abort_on_error=0 LSAN_
 
 .PHONY: c-tools c-lib c-lib-release c-header c-header-check c-pkgconfig test-c bench-c c-example
 
-# gcc and pkg-config: present on most machines; install them if not.
+# gcc, g++ (the header is checked as C++ too) and pkg-config: present on
+# most machines; install them if not.
 c-tools:
-	@command -v gcc >/dev/null && command -v pkg-config >/dev/null || \
-	  { apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev pkg-config; }
+	@command -v gcc >/dev/null && command -v g++ >/dev/null && command -v pkg-config >/dev/null || \
+	  { apt-get update && apt-get install -y --no-install-recommends gcc g++ libc6-dev pkg-config; }
 
 c-lib:
 	cargo build -p dreamos-bridge-c
@@ -60,6 +61,11 @@ test-c: c-tools c-lib c-header-check c-pkgconfig
 	  $(C_ASAN_ENV) $(CARGO_TARGET_DIR)/c-tests/$$t || failed="$$failed $$t"; \
 	done; \
 	if [ -n "$$failed" ]; then echo "C test programs failed:$$failed"; exit 1; fi
+	@echo "== header.cpp (the header as C++, before the standard headers)"
+	g++ -std=c++17 -Wall -Wextra -Werror -pedantic -I$(C_INCLUDE) $(C_DIR)/tests/header.cpp \
+	    -L$(CARGO_TARGET_DIR)/debug -ldreamos_bridge -Wl,-rpath,$(CARGO_TARGET_DIR)/debug \
+	    -o $(CARGO_TARGET_DIR)/c-tests/header-cpp
+	$(CARGO_TARGET_DIR)/c-tests/header-cpp
 	@$(MAKE) --no-print-directory c-example
 
 # The example, built exactly as docs/c.md shows: the one-line gcc command, then pkg-config.

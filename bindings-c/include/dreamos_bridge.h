@@ -311,13 +311,16 @@ dreamos_status dreamos_bridge_publish(const dreamos_bridge *b,
  * pattern. Limits come from a `routes` entry with the same pattern and no
  * service. A bad pattern is `DREAMOS_INVALID_MESSAGE`.
  *
- * `handler` is called with `user_data` on library threads, concurrently,
- * until the route is replaced or unregistered and its running calls have
- * finished, or the bridge is freed (see `dreamos_handler_fn`).
+ * `handler` is called with `user_data` on library threads, concurrently
+ * (see `dreamos_handler_fn`). Replacing or unregistering the route stops new
+ * calls from reaching it, but calls admitted before (publishes still being
+ * retried among them) may start the handler after that returns: only
+ * `dreamos_bridge_free` returning ends its use of `user_data`.
  *
  * # Safety
  * `b` is a live bridge; `pattern` a NUL-terminated string; `handler` a valid
- * function; `user_data` usable from any thread for as long as the route exists.
+ * function; `user_data` usable from any thread until `dreamos_bridge_free(b)`
+ * has returned.
  */
 dreamos_status dreamos_bridge_register_route(const dreamos_bridge *b,
                                              const char *pattern,
@@ -326,7 +329,9 @@ dreamos_status dreamos_bridge_register_route(const dreamos_bridge *b,
 
 /**
  * Remove the route with exactly this pattern. Calls already admitted on it
- * still complete. No such route is `DREAMOS_ROUTE_NOT_FOUND`.
+ * still complete, running its handler, possibly after this returns (its
+ * `user_data` must live until `dreamos_bridge_free`). No such route is
+ * `DREAMOS_ROUTE_NOT_FOUND`.
  *
  * # Safety
  * `b` is a live bridge; `pattern` a NUL-terminated string.
@@ -402,11 +407,6 @@ const char *dreamos_status_name(int status);
  * The library's version (`"0.1.0"`). A static string: never freed.
  */
 const char *dreamos_version(void);
-
-/**
- * The C library's `free`, for the replies handlers allocate with `malloc`.
- */
-extern void free(void *ptr);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -93,11 +93,11 @@ pub unsafe extern "C" fn dreamos_bridge_new(
     guard(|| {
         let out = out_arg(out, "out")?;
         let yaml = unsafe { opt_str_arg(config_yaml_or_null, "config_yaml_or_null", DREAMOS_CONFIG) }?;
-        let _rt = runtime::runtime()?.enter();
-        let bridge = match yaml {
-            None => BridgeManager::new_default(),
-            Some(text) => BridgeManager::from_yaml(text)?,
-        };
+        let yaml = yaml.map(str::to_owned);
+        let bridge = runtime::in_context(move || match yaml {
+            None => Ok(BridgeManager::new_default()),
+            Some(text) => BridgeManager::from_yaml(&text),
+        })??;
         new_bridge(bridge, out);
         Ok(())
     })
@@ -121,8 +121,8 @@ pub unsafe extern "C" fn dreamos_bridge_from_file(
         }
         // SAFETY: non-NULL and NUL-terminated by contract.
         let path = std::path::Path::new(std::ffi::OsStr::from_bytes(unsafe { CStr::from_ptr(path) }.to_bytes()));
-        let _rt = runtime::runtime()?.enter();
-        new_bridge(BridgeManager::from_file(path)?, out);
+        let path = path.to_owned();
+        new_bridge(runtime::in_context(move || BridgeManager::from_file(path))??, out);
         Ok(())
     })
 }
@@ -184,9 +184,16 @@ pub unsafe extern "C" fn dreamos_bridge_free(b: *mut dreamos_bridge) {
         // SAFETY: a pointer from Box::into_raw in new_bridge, freed once here.
         let owned = unsafe { Box::from_raw(b) };
         let bridge = owned.bridge.clone();
-        let _ = runtime::block_on(async move { bridge.shutdown().await });
+        // Whatever becomes of the shutdown, the wait for this bridge's
+        // callbacks happens: the caller frees their user_data next.
+        let shutdown = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = runtime::block_on(async move { bridge.shutdown().await });
+        }));
         owned.activity.wait_idle();
         drop(owned);
+        if let Err(panic) = shutdown {
+            std::panic::resume_unwind(panic);
+        }
     })
 }
 
@@ -394,13 +401,16 @@ pub unsafe extern "C" fn dreamos_bridge_publish(
 /// pattern. Limits come from a `routes` entry with the same pattern and no
 /// service. A bad pattern is `DREAMOS_INVALID_MESSAGE`.
 ///
-/// `handler` is called with `user_data` on library threads, concurrently,
-/// until the route is replaced or unregistered and its running calls have
-/// finished, or the bridge is freed (see `dreamos_handler_fn`).
+/// `handler` is called with `user_data` on library threads, concurrently
+/// (see `dreamos_handler_fn`). Replacing or unregistering the route stops new
+/// calls from reaching it, but calls admitted before (publishes still being
+/// retried among them) may start the handler after that returns: only
+/// `dreamos_bridge_free` returning ends its use of `user_data`.
 ///
 /// # Safety
 /// `b` is a live bridge; `pattern` a NUL-terminated string; `handler` a valid
-/// function; `user_data` usable from any thread for as long as the route exists.
+/// function; `user_data` usable from any thread until `dreamos_bridge_free(b)`
+/// has returned.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dreamos_bridge_register_route(
     b: *const dreamos_bridge,
@@ -420,7 +430,9 @@ pub unsafe extern "C" fn dreamos_bridge_register_route(
 }
 
 /// Remove the route with exactly this pattern. Calls already admitted on it
-/// still complete. No such route is `DREAMOS_ROUTE_NOT_FOUND`.
+/// still complete, running its handler, possibly after this returns (its
+/// `user_data` must live until `dreamos_bridge_free`). No such route is
+/// `DREAMOS_ROUTE_NOT_FOUND`.
 ///
 /// # Safety
 /// `b` is a live bridge; `pattern` a NUL-terminated string.

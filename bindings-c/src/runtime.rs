@@ -78,6 +78,31 @@ pub(crate) fn on_bridge_thread() -> bool {
     ON_BRIDGE_THREAD.try_with(Cell::get).unwrap_or(false)
 }
 
+/// Run `f` inside the runtime's context (constructors that start tasks or
+/// timers need it), on the calling thread, or on one of the runtime's when
+/// this thread's thread-locals are already gone (an `atexit` handler, a C++
+/// static destructor), where entering the context would panic.
+pub(crate) fn in_context<T, F>(f: F) -> FfiResult<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let rt = runtime()?;
+    match Handle::try_current() {
+        Err(e) if e.is_thread_local_destroyed() => {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            rt.spawn_blocking(move || {
+                let _ = tx.send(f());
+            });
+            rx.recv().map_err(|_| FfiError::new(dreamos_status::DREAMOS_PANIC, "creating the bridge panicked"))
+        }
+        _ => {
+            let _context = rt.enter();
+            Ok(f())
+        }
+    }
+}
+
 /// Run `fut` to completion and return its output, from any thread.
 pub(crate) fn block_on<F>(fut: F) -> FfiResult<F::Output>
 where
@@ -85,8 +110,15 @@ where
     F::Output: Send + 'static,
 {
     let rt = runtime()?;
-    if Handle::try_current().is_err() {
-        return Ok(rt.block_on(fut));
+    match Handle::try_current() {
+        // A plain thread of the caller's: drive the future here.
+        Err(e) if !e.is_thread_local_destroyed() => return Ok(rt.block_on(fut)),
+        // Inside the runtime (a callback on one of its threads), or on a
+        // thread whose thread-locals are already gone (an `atexit` handler,
+        // a C++ static destructor, a thread-exit destructor), where
+        // `block_on` would panic: the runtime's workers run it, this thread
+        // waits.
+        _ => {}
     }
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     rt.spawn(async move {
