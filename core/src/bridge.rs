@@ -1056,11 +1056,14 @@ impl Call {
             Admission::MustWait => {
                 let queue = self.route.queue.clone();
                 self.route.stats.set_queue_depth(queue.depth() + 1);
+                // Refreshes the gauge however the wait ends, a caller that
+                // drops this future included (then after its place in the
+                // queue is gone: the wait future is dropped first).
+                let _gauge = QueueGauge(&queue, &self.route.stats);
                 let waited = tokio::select! {
                     r = queue.wait(self.msg.priority, self.deadline) => r,
                     _ = self.acct.inner.cancel.cancelled() => Err(BridgeError::shutdown()),
                 };
-                self.route.stats.set_queue_depth(queue.depth());
                 match waited {
                     Ok(p) => p,
                     Err(e) => {
@@ -1275,6 +1278,15 @@ pub fn full_jitter(base: Duration, n: u32) -> Duration {
     let cap = base.saturating_mul(1u32 << n.min(16)).min(Duration::from_secs(60));
     cap.mul_f64(rand::random::<f64>())
 }
+/// Sets a route's queue-depth gauge from its queue when dropped.
+struct QueueGauge<'a>(&'a AdmissionQueue, &'a MessageStats);
+
+impl Drop for QueueGauge<'_> {
+    fn drop(&mut self) {
+        self.1.set_queue_depth(self.0.depth());
+    }
+}
+
 /// Rate-limit cells a call has booked (principal, route, service): given
 /// back when dropped, unless [`keep`](Self::keep) says the call used them.
 /// A caller that gives up while waiting for its cells (drops the future, or

@@ -41,6 +41,7 @@ pub struct BridgeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct BridgeSection {
     /// Server listen host.
+    #[serde(deserialize_with = "text")]
     pub host: String,
     /// Server listen port.
     pub port: u16,
@@ -171,6 +172,7 @@ pub enum AuthType {
 #[serde(deny_unknown_fields)]
 pub struct SigningKey {
     /// Key id, written into the token's `kid` header.
+    #[serde(deserialize_with = "text")]
     pub id: String,
     /// The HMAC secret (at least 32 bytes; use `${ENV}`).
     pub secret: Secret,
@@ -187,6 +189,7 @@ impl fmt::Debug for SigningKey {
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     /// The principal this key authenticates as.
+    #[serde(deserialize_with = "text")]
     pub principal: String,
     /// Hex SHA-256 of the key (`dreamos-bridge hash-key` prints it).
     pub sha256: String,
@@ -216,8 +219,10 @@ pub struct RoleConfig {
 #[serde(deny_unknown_fields)]
 pub struct OidcConfig {
     /// Expected `iss`.
+    #[serde(deserialize_with = "text")]
     pub issuer: String,
-    /// Expected `aud` (any of them).
+    /// Expected `aud` (any of them; numeric client ids are common).
+    #[serde(deserialize_with = "texts")]
     pub audience: Vec<String>,
     /// The JWKS document inline.
     #[serde(default)]
@@ -375,7 +380,7 @@ pub enum ServiceAuth {
     /// A key in a header.
     ApiKey {
         /// Header name (default `X-API-Key`).
-        #[serde(default = "default_api_key_header")]
+        #[serde(default = "default_api_key_header", deserialize_with = "text")]
         header: String,
         /// The key.
         key: Secret,
@@ -632,6 +637,13 @@ fn text<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D
     }
 }
 
+/// A list of [`text`] values.
+fn texts<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Text(#[serde(deserialize_with = "text")] String);
+    Ok(Vec::<Text>::deserialize(d)?.into_iter().map(|t| t.0).collect())
+}
+
 impl Secret {
     /// Wrap a secret.
     pub fn new(s: impl Into<String>) -> Self {
@@ -655,10 +667,15 @@ impl fmt::Debug for Secret {
 impl BridgeConfig {
     /// Parse YAML text (expanding `${VAR}` from the environment).
     pub fn from_yaml(text: &str) -> Result<Self> {
-        let value: serde_json::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        // Through YAML's own value first: it refuses duplicate keys (a
+        // second `security:` must not silently replace the first), and
+        // `.inf`/`.nan` are caught here with their key path (JSON has no
+        // such numbers; they would read as "not set").
+        let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
             let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
             BridgeError::config("", format!("not valid YAML{at}: {e}"))
         })?;
+        let value = yaml_to_json(yaml, &mut String::new())?;
         // An empty document is the embedded default.
         let value = if value.is_null() { serde_json::Value::Object(Default::default()) } else { value };
         Self::from_value(value)
@@ -678,6 +695,14 @@ impl BridgeConfig {
             return Err(BridgeError::config(
                 "",
                 "the configuration must be a mapping with sections like `bridge:` and `security:`",
+            ));
+        }
+        // `security:` with nothing under it (all commented out, say) must
+        // not read as "no security section": that would turn security off.
+        if value.get("security").is_some_and(serde_json::Value::is_null) {
+            return Err(BridgeError::config(
+                "security",
+                "is empty: fill it in, or write `auth_type: none` to run without security",
             ));
         }
         expand_env(&mut value, &mut String::new(), &|name| std::env::var(name).ok())?;
@@ -706,6 +731,14 @@ impl BridgeConfig {
         }
         if b.dead_letter_capacity == 0 {
             return Err(BridgeError::config("bridge.dead_letter_capacity", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("limits.max_payload_bytes", self.limits.max_payload_bytes),
+            ("limits.max_subject_bytes", self.limits.max_subject_bytes),
+        ] {
+            if value == 0 {
+                return Err(BridgeError::config(key, "must be at least 1 (0 would refuse every message)"));
+            }
         }
         let depth = self.limits.max_json_depth;
         if !(1..=MAX_JSON_DEPTH).contains(&depth) {
@@ -741,9 +774,9 @@ impl BridgeConfig {
             if !name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-') {
                 return Err(BridgeError::config(&path, "service names use letters, digits, `_` and `-`"));
             }
-            let url = url::Url::parse(&svc.url).map_err(|e| {
-                BridgeError::config(&format!("{path}.url"), format!("not a valid URL ({e}): {:?}", svc.url))
-            })?;
+            // The value is not echoed: a URL may carry a password or a key.
+            let url = url::Url::parse(&svc.url)
+                .map_err(|e| BridgeError::config(&format!("{path}.url"), format!("not a valid http(s) URL ({e})")))?;
             if !matches!(url.scheme(), "http" | "https") {
                 return Err(BridgeError::config(&format!("{path}.url"), "must be an http:// or https:// URL"));
             }
@@ -937,7 +970,11 @@ fn expand_env(value: &mut serde_json::Value, path: &mut String, lookup: &dyn Fn(
             *value = match whole_var {
                 true => serde_yaml_ng::from_str::<Value>(&expanded)
                     .ok()
-                    .filter(|v| v.is_boolean() || v.as_number().is_some_and(|n| n.to_string() == expanded))
+                    .filter(|v| match v {
+                        Value::Bool(b) => b.to_string() == expanded,
+                        Value::Number(n) => n.to_string() == expanded,
+                        _ => false,
+                    })
                     .unwrap_or(Value::String(expanded)),
                 false => Value::String(expanded),
             };
@@ -964,6 +1001,62 @@ fn expand_env(value: &mut serde_json::Value, path: &mut String, lookup: &dyn Fn(
         _ => {}
     }
     Ok(())
+}
+
+/// YAML's value as JSON's. Keys that are scalars become their text;
+/// numbers must be finite.
+fn yaml_to_json(value: serde_yaml_ng::Value, path: &mut String) -> Result<serde_json::Value> {
+    use serde_json::Value;
+    use serde_yaml_ng::Value as Yaml;
+    Ok(match value {
+        Yaml::Null => Value::Null,
+        Yaml::Bool(b) => Value::Bool(b),
+        Yaml::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                let number = serde_json::Number::from_f64(f).ok_or_else(|| {
+                    BridgeError::config(path, format!("{n} is not a finite number; write a number such as 30"))
+                })?;
+                Value::Number(number)
+            }
+        }
+        Yaml::String(s) => Value::String(s),
+        Yaml::Sequence(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                out.push(yaml_to_json(item, path)?);
+                path.truncate(len);
+            }
+            Value::Array(out)
+        }
+        Yaml::Mapping(map) => {
+            let mut out = serde_json::Map::with_capacity(map.len());
+            for (k, item) in map {
+                let key = match k {
+                    Yaml::String(s) => s,
+                    Yaml::Number(n) => n.to_string(),
+                    Yaml::Bool(b) => b.to_string(),
+                    _ => return Err(BridgeError::config(path, "keys must be plain text")),
+                };
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&key);
+                let item = yaml_to_json(item, path)?;
+                path.truncate(len);
+                out.insert(key, item);
+            }
+            Value::Object(out)
+        }
+        Yaml::Tagged(tagged) => yaml_to_json(tagged.value, path)?,
+    })
 }
 
 fn expand_str(s: &str, path: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String> {
@@ -1158,6 +1251,71 @@ mod tests {
         }}))
         .unwrap_err();
         assert!(!e.message().contains("hunter2"), "{}", e.message());
+    }
+
+    #[test]
+    fn empty_security_duplicate_keys_and_non_finite_numbers_are_refused() {
+        // An emptied security section would otherwise turn security off.
+        let m = err("security:\n  # auth_type: token\n");
+        assert!(m.starts_with("security: is empty"), "{m}");
+        assert!(BridgeConfig::from_value(serde_json::json!({"security": null})).is_err());
+        // A second key must not silently replace the first.
+        let m = err("security:\n  auth_type: token\nsecurity:\n  auth_type: none\n");
+        assert!(m.contains("duplicate"), "{m}");
+        assert!(err("bridge:\n  port: 1\n  port: 2\n").contains("duplicate"));
+        // .nan/.inf would read as "not set".
+        let m = err("security:\n  auth_type: token\n  rate_limit: .nan\n");
+        assert!(m.starts_with("security.rate_limit: .nan is not a finite number"), "{m}");
+        let m = err("routes:\n  - pattern: a.b\n    timeout: -.inf\n");
+        assert!(m.starts_with("routes[0].timeout: "), "{m}");
+        // Numbers, tags and numeric keys still load.
+        let c = BridgeConfig::from_yaml(
+            "bridge:\n  port: !!int 8081\n  retry_delay: 0.5\nservices:\n  '42':\n    url: http://127.0.0.1:1\n",
+        )
+        .unwrap();
+        assert_eq!(c.bridge.port, 8081);
+        assert!(c.services.contains_key("42"));
+    }
+
+    #[test]
+    fn url_errors_do_not_echo_the_url() {
+        let m = err("services:\n  s:\n    url: \"https://api.example.com:70000/?key=topsecretvalue\"\n");
+        assert!(m.starts_with("services.s.url: not a valid http(s) URL") && !m.contains("topsecretvalue"), "{m}");
+    }
+
+    #[test]
+    fn limits_of_zero_are_refused() {
+        assert!(err("limits:\n  max_payload_bytes: 0\n").starts_with("limits.max_payload_bytes: must be at least 1"));
+        assert!(err("limits:\n  max_subject_bytes: 0\n").starts_with("limits.max_subject_bytes: must be at least 1"));
+    }
+
+    #[test]
+    fn env_values_keep_their_case_and_id_fields_take_numbers() {
+        let env = |n: &str| match n {
+            "TOK" => Some("True".to_string()),
+            "FLAG" => Some("true".to_string()),
+            _ => None,
+        };
+        let mut v = serde_json::json!({"a": "${TOK}", "b": "${FLAG}"});
+        expand_env(&mut v, &mut String::new(), &env).unwrap();
+        assert_eq!(v, serde_json::json!({"a": "True", "b": true}));
+        let c = BridgeConfig::from_value(serde_json::json!({
+            "bridge": {"host": 2024},
+            "security": {
+                "auth_type": "token",
+                "signing_keys": [{"id": 2024, "secret": "0123456789abcdef0123456789abcdef"}],
+                "api_keys": [{"principal": 42, "sha256": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}],
+                "oidc": {"issuer": 7, "audience": [123456789], "jwks": {"keys": []}},
+            },
+            "services": {"s": {"url": "http://127.0.0.1:1", "auth": {"type": "api_key", "header": 1, "key": 5}}},
+        }))
+        .unwrap();
+        let s = c.security.as_ref().unwrap();
+        assert_eq!(
+            (c.bridge.host.as_str(), s.signing_keys[0].id.as_str(), s.api_keys[0].principal.as_str()),
+            ("2024", "2024", "42")
+        );
+        assert_eq!(s.oidc.as_ref().unwrap().audience, vec!["123456789".to_string()]);
     }
 
     #[test]

@@ -272,6 +272,20 @@ async fn a_caller_that_gives_up_waiting_for_a_cell_gives_it_back() {
 }
 
 #[tokio::test]
+async fn a_pattern_too_deep_to_walk_is_refused_and_the_bridge_works_on() {
+    // 100,000 tokens: the route table would recurse once per token (a
+    // stack overflow aborts the process: a WebSocket subscription could do it).
+    let b = running("").await;
+    let deep = vec!["a"; 100_000].join(".");
+    let e = b.register_route(&deep, echo()).expect_err("refused");
+    assert_eq!(e.code(), ErrorCode::InvalidMessage);
+    b.register_route("a.>", echo()).unwrap();
+    assert!(!b.unregister_route(&deep));
+    b.route(Message::new("a.b", json!(1)), CallOptions::default()).await.unwrap();
+    b.shutdown().await;
+}
+
+#[tokio::test]
 async fn reject_mode_rejects_without_waiting() {
     let b = running(
         "bridge:\n  rate_limit_mode: reject\nroutes:\n  - pattern: limited\n    rate_limit: 1/min\n    burst: 1\n",

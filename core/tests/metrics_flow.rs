@@ -143,3 +143,22 @@ async fn metrics_disabled_keeps_the_bridge_working_and_records_nothing() {
     assert!(b.metrics_text().contains("dreamos_bridge_messages_accepted_total 0\n"));
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_queue_depth_gauge_drops_when_a_queued_caller_gives_up() {
+    let b = running("routes:\n  - pattern: agents.hang\n    max_concurrency: 1\n    queue_size: 4\n").await;
+    let o = CallOptions::default;
+    // The first call holds the only slot; the second waits in the queue,
+    // and its caller gives up.
+    let holder = tokio::spawn({
+        let b = b.clone();
+        async move { b.route(Message::new("agents.hang", json!(1)), CallOptions::default()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let queued = tokio::time::timeout(Duration::from_millis(50), b.route(Message::new("agents.hang", json!(2)), o()));
+    assert!(queued.await.is_err(), "the second call was waiting");
+    assert_eq!(b.metrics().routes["agents.hang"].queue_depth, 0);
+    assert!(b.metrics_text().contains("dreamos_bridge_route_queue_depth{route=\"agents.hang\"} 0"));
+    holder.abort();
+    b.shutdown().await;
+}

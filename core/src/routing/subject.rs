@@ -13,6 +13,17 @@ fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
 }
 
+/// The most tokens a subject or pattern may have. The route table walks a
+/// pattern one level per token (recursively), so an unbounded pattern (a
+/// WebSocket subscription of 100,000 tokens, say) would overflow a thread's
+/// stack; 256 tokens is far beyond any real subject (the default
+/// `limits.max_subject_bytes` of 256 allows at most 128).
+pub const MAX_TOKENS: usize = 256;
+
+fn too_many_tokens(what: &str, tokens: usize) -> BridgeError {
+    BridgeError::invalid(format!("{what} has {tokens} tokens; at most {MAX_TOKENS} are allowed"))
+}
+
 /// Check a concrete destination subject (no wildcards).
 pub fn validate_subject(subject: &str) -> Result<()> {
     if subject.is_empty() {
@@ -23,12 +34,14 @@ pub fn validate_subject(subject: &str) -> Result<()> {
     // One pass over the bytes (this runs for every message); the messages
     // below are built only on failure.
     let mut token_len = 0usize;
+    let mut dots = 0usize;
     for &b in subject.as_bytes() {
         if b == b'.' {
             if token_len == 0 {
                 return Err(empty_token(subject));
             }
             token_len = 0;
+            dots += 1;
         } else if is_token_byte(b) {
             token_len += 1;
         } else {
@@ -37,6 +50,9 @@ pub fn validate_subject(subject: &str) -> Result<()> {
     }
     if token_len == 0 {
         return Err(empty_token(subject));
+    }
+    if dots >= MAX_TOKENS {
+        return Err(too_many_tokens("the destination", dots + 1));
     }
     Ok(())
 }
@@ -58,6 +74,10 @@ pub fn validate_pattern(pattern: &str) -> Result<()> {
         return Err(BridgeError::invalid(
             "pattern is empty: use tokens, `*` and a trailing `>`, e.g. `services.weather.>`",
         ));
+    }
+    let count = pattern.bytes().filter(|&b| b == b'.').count() + 1;
+    if count > MAX_TOKENS {
+        return Err(too_many_tokens("the pattern", count));
     }
     let mut tokens = pattern.split('.').peekable();
     while let Some(token) = tokens.next() {
@@ -130,6 +150,16 @@ mod tests {
         for bad in ["", "a.>.b", "a..b", "a.**", "a.b>", ">.a", "a.*x"] {
             assert!(validate_pattern(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn token_counts_are_bounded() {
+        let tokens = |n: usize| vec!["a"; n].join(".");
+        validate_subject(&tokens(MAX_TOKENS)).unwrap();
+        validate_pattern(&format!("{}.>", tokens(MAX_TOKENS - 1))).unwrap();
+        let e = validate_subject(&tokens(MAX_TOKENS + 1)).unwrap_err();
+        assert!(e.message().contains("257 tokens; at most 256"), "{}", e.message());
+        assert!(validate_pattern(&tokens(100_000)).is_err());
     }
 
     #[test]
