@@ -4,18 +4,20 @@
 //! (`max_concurrency`). Messages beyond that wait in a bounded queue
 //! (`queue_size`), highest priority first, FIFO within a priority. When the
 //! queue itself is full the caller waits for room, within its deadline, and
-//! then gets `QUEUE_FULL`: backpressure instead of unbounded memory.
+//! then gets `QUEUE_FULL`: backpressure instead of unbounded memory. Callers
+//! waiting for room get it first come, first served: a spot that frees up
+//! goes to the longest waiter, never to a caller that arrived after it.
 //!
 //! Unlimited routes (the default) take no lock at all.
 
 use std::cmp::Ordering as CmpOrdering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use parking_lot::Mutex;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::{BridgeError, ErrorCode, Result};
 
@@ -25,8 +27,6 @@ pub struct AdmissionQueue {
     max_concurrency: usize,
     capacity: usize,
     state: Mutex<State>,
-    /// Wakes callers waiting for room in a full queue.
-    room: Notify,
     /// Messages waiting (the queue-depth gauge).
     depth: AtomicUsize,
 }
@@ -34,8 +34,21 @@ pub struct AdmissionQueue {
 #[derive(Debug, Default)]
 struct State {
     in_flight: usize,
+    /// The queue: at most `capacity`, best first.
     waiting: BinaryHeap<Waiter>,
+    /// Callers waiting for room in the full queue, in arrival order.
+    overflow: VecDeque<Waiter>,
     seq: u64,
+}
+
+impl State {
+    /// Move the longest waiters for room into the queue while it has room.
+    fn admit_overflow(&mut self, capacity: usize) {
+        while self.waiting.len() < capacity {
+            let Some(w) = self.overflow.pop_front() else { break };
+            self.waiting.push(w);
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -85,7 +98,6 @@ impl AdmissionQueue {
             max_concurrency,
             capacity: capacity.max(1),
             state: Mutex::new(State::default()),
-            room: Notify::new(),
             depth: AtomicUsize::new(0),
         })
     }
@@ -113,51 +125,44 @@ impl AdmissionQueue {
     /// waits for room until the deadline, then fails with `QUEUE_FULL`; a
     /// queued message whose deadline passes fails with `TIMEOUT`.
     pub async fn wait(self: &Arc<Self>, priority: i32, deadline: Instant) -> Result<Permit> {
-        loop {
-            let room = self.room.notified();
-            let enqueued = {
-                let mut st = self.state.lock();
-                if st.in_flight < self.max_concurrency && st.waiting.is_empty() {
-                    st.in_flight += 1;
-                    return Ok(Permit { queue: Some(self.clone()) });
-                }
-                if st.waiting.len() < self.capacity {
-                    let (tx, rx) = oneshot::channel();
-                    st.seq += 1;
-                    let seq = st.seq;
-                    st.waiting.push(Waiter { priority, seq, tx });
-                    self.depth.store(st.waiting.len(), Ordering::Relaxed);
-                    Some((seq, rx))
-                } else {
-                    None
-                }
-            };
-            match enqueued {
-                Some((seq, rx)) => {
-                    let mut guard = QueuedGuard { queue: self, seq, done: false };
-                    return match tokio::time::timeout_at(deadline.into(), rx).await {
-                        Ok(Ok(())) => {
-                            guard.done = true;
-                            Ok(Permit { queue: Some(self.clone()) })
-                        }
-                        Ok(Err(_)) => Err(BridgeError::internal("admission queue dropped a waiter")),
-                        Err(_) => Err(BridgeError::timeout(
-                            "the deadline passed while waiting in the route's queue; raise the timeout or the route's max_concurrency",
-                        )),
-                    };
-                }
-                None => {
-                    if tokio::time::timeout_at(deadline.into(), room).await.is_err() {
-                        return Err(BridgeError::new(
-                            ErrorCode::QueueFull,
-                            format!(
-                                "the route's queue is full ({} waiting) and no room came within the deadline; retry later or raise queue_size",
-                                self.capacity
-                            ),
-                        ));
-                    }
-                }
+        let (seq, rx) = {
+            let mut st = self.state.lock();
+            // (The overflow is empty whenever the queue has room.)
+            if st.in_flight < self.max_concurrency && st.waiting.is_empty() {
+                st.in_flight += 1;
+                return Ok(Permit { queue: Some(self.clone()) });
             }
+            let (tx, rx) = oneshot::channel();
+            st.seq += 1;
+            let seq = st.seq;
+            let w = Waiter { priority, seq, tx };
+            if st.overflow.is_empty() && st.waiting.len() < self.capacity {
+                st.waiting.push(w);
+                self.depth.store(st.waiting.len(), Ordering::Relaxed);
+            } else {
+                st.overflow.push_back(w);
+            }
+            (seq, rx)
+        };
+        let mut guard = QueuedGuard { queue: self, seq, done: false };
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(())) => {
+                guard.done = true;
+                Ok(Permit { queue: Some(self.clone()) })
+            }
+            Ok(Err(_)) => Err(BridgeError::internal("admission queue dropped a waiter")),
+            Err(_) => match guard.leave() {
+                Left::Overflow => Err(BridgeError::new(
+                    ErrorCode::QueueFull,
+                    format!(
+                        "the route's queue is full ({} waiting) and no room came within the deadline; retry later or raise queue_size",
+                        self.capacity
+                    ),
+                )),
+                Left::Queue | Left::HandedASlot => Err(BridgeError::timeout(
+                    "the deadline passed while waiting in the route's queue; raise the timeout or the route's max_concurrency",
+                )),
+            },
         }
     }
 
@@ -165,17 +170,24 @@ impl AdmissionQueue {
         let mut st = self.state.lock();
         // Hand the slot straight to the best live waiter; in_flight stays.
         while let Some(w) = st.waiting.pop() {
+            st.admit_overflow(self.capacity);
             self.depth.store(st.waiting.len(), Ordering::Relaxed);
             if w.tx.send(()).is_ok() {
-                drop(st);
-                self.room.notify_one();
                 return;
             }
         }
         st.in_flight -= 1;
-        drop(st);
-        self.room.notify_one();
     }
+}
+
+/// Where a waiter that gave up was.
+enum Left {
+    /// Waiting for room: the queue stayed full.
+    Overflow,
+    /// In the queue.
+    Queue,
+    /// Nowhere: it was handed a slot as it gave up (the slot is passed on).
+    HandedASlot,
 }
 
 /// Removes a waiter that gave up (timeout or cancellation), and gives back a
@@ -186,22 +198,32 @@ struct QueuedGuard<'a> {
     done: bool,
 }
 
-impl Drop for QueuedGuard<'_> {
-    fn drop(&mut self) {
-        if self.done {
-            return;
+impl QueuedGuard<'_> {
+    fn leave(&mut self) -> Left {
+        self.done = true;
+        let q = self.queue;
+        let mut st = q.state.lock();
+        if let Some(i) = st.overflow.iter().position(|w| w.seq == self.seq) {
+            st.overflow.remove(i);
+            return Left::Overflow;
         }
-        let mut st = self.queue.state.lock();
         let before = st.waiting.len();
         st.waiting.retain(|w| w.seq != self.seq);
-        let removed = st.waiting.len() != before;
-        self.queue.depth.store(st.waiting.len(), Ordering::Relaxed);
+        if st.waiting.len() != before {
+            st.admit_overflow(q.capacity);
+            q.depth.store(st.waiting.len(), Ordering::Relaxed);
+            return Left::Queue;
+        }
         drop(st);
-        if removed {
-            self.queue.room.notify_one();
-        } else {
-            // Popped and handed a slot between the timeout and this drop.
-            self.queue.release();
+        q.release();
+        Left::HandedASlot
+    }
+}
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.leave();
         }
     }
 }
@@ -265,6 +287,92 @@ mod tests {
         let e = queued.await.unwrap().unwrap_err();
         assert_eq!(e.code(), ErrorCode::Timeout);
         assert_eq!(q.depth(), 0);
+    }
+
+    #[tokio::test]
+    async fn room_in_a_full_queue_goes_to_the_longest_waiter() {
+        let q = AdmissionQueue::new(1, 1);
+        let Admission::Admitted(held) = q.try_admit() else { panic!() };
+        let spawn_wait = |ms: u64| {
+            let q = q.clone();
+            tokio::spawn(async move { q.wait(0, soon(ms)).await })
+        };
+        let queued = spawn_wait(5000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The queue is full: `early` waits for room.
+        let early = spawn_wait(1000);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(q.depth(), 1);
+        // The slot goes to `queued`, which leaves room in the queue. A caller
+        // arriving now, before `early` has run again, must not take it.
+        drop(held);
+        let mut newcomer = Box::pin(q.wait(0, soon(5000)));
+        tokio::select! {
+            biased;
+            _ = &mut newcomer => panic!("the newcomer was admitted ahead of the others"),
+            _ = std::future::ready(()) => {}
+        }
+        drop(queued.await.unwrap().unwrap());
+        drop(early.await.unwrap().expect("early got the room and then the slot"));
+        drop(newcomer.await.unwrap());
+        assert_eq!(q.depth(), 0);
+        assert!(matches!(q.try_admit(), Admission::Admitted(_)));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_still_fails_queue_full_for_the_late() {
+        let q = AdmissionQueue::new(1, 1);
+        let Admission::Admitted(_held) = q.try_admit() else { panic!() };
+        let q2 = q.clone();
+        let queued = tokio::spawn(async move { q2.wait(0, soon(5000)).await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Waiting for room, with a higher priority: no room comes.
+        assert_eq!(q.wait(9, soon(50)).await.unwrap_err().code(), ErrorCode::QueueFull);
+        assert!(q.state.lock().overflow.is_empty());
+        queued.abort();
+    }
+
+    #[tokio::test]
+    async fn a_waiter_for_room_that_gives_up_leaves_no_trace() {
+        let q = AdmissionQueue::new(1, 1);
+        let Admission::Admitted(held) = q.try_admit() else { panic!() };
+        let q2 = q.clone();
+        let queued = tokio::spawn(async move { q2.wait(0, soon(5000)).await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let q3 = q.clone();
+        let gave_up = tokio::spawn(async move { q3.wait(0, soon(10_000)).await.map(drop) });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        gave_up.abort();
+        let _ = gave_up.await;
+        drop(held);
+        queued.await.unwrap().unwrap();
+        assert_eq!(q.depth(), 0);
+        assert!(q.state.lock().overflow.is_empty());
+        assert!(matches!(q.try_admit(), Admission::Admitted(_)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiters_that_time_out_or_are_dropped_leak_nothing() {
+        let q = AdmissionQueue::new(2, 3);
+        let mut tasks = Vec::new();
+        for i in 0..300u64 {
+            let q = q.clone();
+            let task = tokio::spawn(async move {
+                let permit = q.wait((i % 3) as i32, soon(1 + i % 40)).await;
+                if permit.is_ok() {
+                    tokio::time::sleep(Duration::from_millis(i % 3)).await;
+                }
+            });
+            if i % 7 == 0 {
+                task.abort();
+            }
+            tasks.push(task);
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let st = q.state.lock();
+        assert_eq!((st.in_flight, st.waiting.len(), st.overflow.len(), q.depth()), (0, 0, 0, 0));
     }
 
     #[tokio::test]
