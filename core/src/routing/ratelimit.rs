@@ -123,9 +123,13 @@ impl KeyedGcra {
 
     /// Drop the limiters that are idle (equivalent to new ones); the next
     /// pruning waits until the map has doubled, so each new key pays O(1).
+    /// A limiter some caller holds is kept even if idle: that caller is
+    /// about to book a cell on it, and dropping it would let the next
+    /// caller start a fresh one with a full burst. (`get` clones under the
+    /// map's shard lock, which `retain` holds while it looks.)
     fn prune(&self) {
         let now = now_ns();
-        self.limiters.retain(|_, g| g.tat.load(Ordering::Relaxed) > now);
+        self.limiters.retain(|_, g| Arc::strong_count(g) > 1 || g.tat.load(Ordering::Relaxed) > now);
         self.prune_at.store((self.limiters.len() * 2).max(PRUNE_ABOVE), Ordering::Relaxed);
     }
 }
@@ -156,6 +160,15 @@ mod tests {
         assert_eq!(k.limiters.len(), 1, "only the new key is left");
         // A busy key keeps its state: its next cell is still booked.
         assert!(k.get(&busy).check().is_err());
+        // An idle limiter a caller holds is kept, and with it its state.
+        let held: Arc<str> = Arc::from("held");
+        let limiter = k.get(&held);
+        for i in 0..PRUNE_ABOVE {
+            k.get(&Arc::from(format!("q{i}"))).check().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        k.get(&Arc::from("trigger"));
+        assert!(Arc::ptr_eq(&limiter, &k.get(&held)), "the held limiter survived the pruning");
     }
 
     #[test]
