@@ -181,7 +181,7 @@ export declare class BridgeManager {
    * Stop admitting, let in-flight work finish (for `grace` seconds, default
    * `bridge.shutdown_grace`), then fail what is left with `SHUTDOWN`.
    */
-  shutdown(grace?: number | undefined | null): Promise<void>
+  shutdown(grace?: number | null): Promise<void>
   /** Is the bridge admitting messages? */
   get isRunning(): boolean
   /**
@@ -238,8 +238,9 @@ export type JsBridgeManager = BridgeManager
 
 /**
  * A bridge running in a `dreamos-bridge serve` process; from `BridgeManager.connect()`.
- * While it serves routes (from the first `registerRoute` until `close()`)
- * it keeps Node running, as a server socket would.
+ * While it serves routes (from the first registration the server accepts
+ * until `close()` or the last `unregisterRoute`) it keeps Node running, as
+ * a server socket would.
  */
 export declare class RemoteBridge {
   /** The server's URL. */
