@@ -181,7 +181,7 @@ export declare class BridgeManager {
    * Stop admitting, let in-flight work finish (for `grace` seconds, default
    * `bridge.shutdown_grace`), then fail what is left with `SHUTDOWN`.
    */
-  shutdown(grace?: number | null): Promise<void>
+  shutdown(grace?: number | undefined | null): Promise<void>
   /** Is the bridge admitting messages? */
   get isRunning(): boolean
   /**

@@ -312,7 +312,7 @@ test('connect() timeout bounds the whole connect, also a server that accepts and
           () => 'connected',
           (e) => e,
         ),
-        sleep(20_000).then(() => 'still waiting after 20 s'),
+        new Promise((r) => setTimeout(() => r('still waiting after 20 s'), 20_000).unref()),
       ])
       assert.ok(outcome instanceof Error, `credentials ${JSON.stringify(credentials)}: ${outcome}`)
       assert.equal(outcome.code, 'TIMEOUT', outcome.message)

@@ -9,6 +9,7 @@
 //! throwing handler can never take the process down.
 
 use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dreamos_bridge::bridge::BoxFuture;
 use dreamos_bridge::{BridgeError, Handler, Message, Payload, Result};
@@ -22,6 +23,15 @@ use crate::convert::{self, RawValue};
 
 type Reply = Result<Payload>;
 type HandlerFn = ThreadsafeFunction<Message, Unknown<'static>, Unknown<'static>, Status, false, true>;
+/// Deletes the weak reference on its JS thread (see `Drop for JsHandler`).
+type ForgetFn = ThreadsafeFunction<(), (), (), Status, false, true>;
+
+/// Weak references made and not yet deleted (all threads): a test aid.
+static LIVE_REFERENCES: AtomicUsize = AtomicUsize::new(0);
+
+pub(crate) fn live_references() -> usize {
+    LIVE_REFERENCES.load(Ordering::Relaxed)
+}
 
 /// A JS function registered with `registerRoute`.
 pub(crate) struct JsHandler {
@@ -32,6 +42,8 @@ pub(crate) struct JsHandler {
     /// made on that same thread can run it directly, with no thread hop.
     env: usize,
     func: usize,
+    /// Deletes `func` on its JS thread once this handler is dropped.
+    forget: Option<ForgetFn>,
 }
 
 // SAFETY: `env` and `func` are only dereferenced on the JS thread they
@@ -52,12 +64,36 @@ impl JsHandler {
                 },
             )?;
         let env = func.value().env;
+        let js = Env::from_raw(env);
+        let forget: Function<(), ()> = js.create_function_from_closure("dreamosForget", |_| Ok(()))?;
         let mut weak = ptr::null_mut();
-        // SAFETY: a weak (count 0) reference to a live function of `env`. It
-        // is released with the env (Node frees references at teardown).
+        // SAFETY: a weak (count 0) reference to a live function of `env`,
+        // deleted by `forget` (Node does not delete it at teardown).
         let status = unsafe { sys::napi_create_reference(env, func.raw(), 0, &mut weak) };
-        let func = if status == sys::Status::napi_ok { weak as usize } else { 0 };
-        Ok(JsHandler { tsfn, max_depth, env: env as usize, func })
+        if status != sys::Status::napi_ok {
+            return Ok(JsHandler { tsfn, max_depth, env: env as usize, func: 0, forget: None });
+        }
+        let reference = weak as usize;
+        LIVE_REFERENCES.fetch_add(1, Ordering::Relaxed);
+        let built = forget.build_threadsafe_function::<()>().weak::<true>().callee_handled::<false>().build_callback(
+            move |ctx| {
+                // SAFETY: a callback runs on the reference's own JS thread,
+                // only while its env lives; the handler's drop calls it once.
+                unsafe { sys::napi_delete_reference(ctx.env.raw(), reference as sys::napi_ref) };
+                LIVE_REFERENCES.fetch_sub(1, Ordering::Relaxed);
+                Ok(())
+            },
+        );
+        let forget = match built {
+            Ok(f) => f,
+            Err(e) => {
+                // SAFETY: made just above on this env, never handed out.
+                unsafe { sys::napi_delete_reference(env, weak) };
+                LIVE_REFERENCES.fetch_sub(1, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        Ok(JsHandler { tsfn, max_depth, env: env as usize, func: reference, forget: Some(forget) })
     }
 
     /// The function itself, if `env` is the JS thread it belongs to.
@@ -73,6 +109,19 @@ impl JsHandler {
 
     pub(crate) fn max_depth(&self) -> usize {
         self.max_depth
+    }
+}
+
+impl Drop for JsHandler {
+    /// The weak reference is deleted on its JS thread, always through
+    /// `forget`: a drop may run on a tokio thread (a call's last clone), and
+    /// one on the JS thread itself may come from a thread-local destructor
+    /// after the env is gone, where no N-API call is allowed. Should the env
+    /// end first, the call is dropped with it and nothing is deleted twice.
+    fn drop(&mut self) {
+        if let Some(forget) = self.forget.take() {
+            let _ = forget.call((), ThreadsafeFunctionCallMode::NonBlocking);
+        }
     }
 }
 
@@ -105,9 +154,11 @@ impl Handler for JsHandler {
 fn on_return(env: &Env, ret: napi::Result<Unknown<'static>>, tx: oneshot::Sender<Reply>, max_depth: usize) {
     let raw = env.raw();
     match ret {
-        Ok(v) => on_value(raw, v.raw(), max_depth, move |_, r| {
-            let _ = tx.send(r);
-        }),
+        Ok(v) => {
+            on_value(raw, v.raw(), max_depth, move |_, r| {
+                let _ = tx.send(r);
+            });
+        }
         Err(e) => {
             let thrown = JsError::from(e).into_unknown(*env);
             let _ = tx.send(Err(BridgeError::handler(convert::thrown_message(raw, thrown.raw()))));
@@ -116,17 +167,18 @@ fn on_return(env: &Env, ret: napi::Result<Unknown<'static>>, tx: oneshot::Sender
 }
 
 /// What a handler returned: a value now, or a Promise whose outcome
-/// `done` receives later (on the JS thread). If the Promise cannot be
-/// watched, `done` gets a `HANDLER_ERROR` at once rather than never.
+/// `done` receives later (on the JS thread); then the watch's key (see
+/// [`crate::watch::forget`]). If the Promise cannot be watched, `done` gets
+/// a `HANDLER_ERROR` at once rather than never.
 pub(crate) fn on_value(
     env: sys::napi_env,
     value: RawValue,
     max_depth: usize,
     done: impl FnOnce(sys::napi_env, Reply) + 'static,
-) {
+) -> Option<u64> {
     if !convert::is_promise(env, value) {
         done(env, reply_of(env, value, max_depth));
-        return;
+        return None;
     }
     let done: crate::watch::Done = Box::new(move |env, settled| {
         let reply = match settled {
@@ -135,10 +187,16 @@ pub(crate) fn on_value(
         };
         done(env, reply);
     });
-    if let Err(done) = crate::watch::watch(env, value, done)
-        && let Ok(reason) = convert::create_string(env, "the handler returned a Promise the bridge could not wait for")
-    {
-        done(env, Err(reason));
+    match crate::watch::watch(env, value, done) {
+        Ok(key) => Some(key),
+        Err(done) => {
+            if let Ok(reason) =
+                convert::create_string(env, "the handler returned a Promise the bridge could not wait for")
+            {
+                done(env, Err(reason));
+            }
+            None
+        }
     }
 }
 

@@ -321,6 +321,15 @@ impl JsBridgeManager {
         Ok(unknown(env.raw(), p))
     }
 
+    /// Test only: Promises of handlers this thread still waits for, and
+    /// weak references to handler functions not yet deleted (both must go
+    /// back down: a timed-out call or an unregistered handler leaves nothing).
+    #[napi(js_name = "__testLeftovers", skip_typescript)]
+    pub fn test_leftovers(&self) -> Vec<u32> {
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        vec![n(watch::waiting()), n(handler::live_references())]
+    }
+
     /// The handle `route()`'s JS side passes to the native half of its
     /// fast path (see `json_text`): an external holding this bridge's core.
     #[napi(js_name = "__handle", skip_typescript, catch_unwind)]
