@@ -54,9 +54,7 @@ fn text_arg(env: sys::napi_env, v: RawValue, what: &str) -> Result<String, Bridg
 /// make a thread-safe function of it (whose own failure says nothing useful).
 fn js_handler(env: sys::napi_env, v: &Unknown<'_>, max_depth: usize) -> Result<handler::JsHandler, BridgeError> {
     if convert::type_of(env, v.raw()) != sys::ValueType::napi_function {
-        return Err(BridgeError::invalid(
-            "the handler must be a function (message) => reply (plain or async)",
-        ));
+        return Err(BridgeError::invalid("the handler must be a function (message) => reply (plain or async)"));
     }
     // SAFETY: checked to be a function just above.
     let func = unsafe { v.cast::<Function<'_, Unknown<'static>, Unknown<'static>>>() }
@@ -289,7 +287,11 @@ impl JsBridgeManager {
 
     /// Remove the route with exactly this pattern; `true` if there was one.
     #[napi(catch_unwind)]
-    pub fn unregister_route(&self, env: Env, #[napi(ts_arg_type = "string")] pattern: Unknown<'_>) -> napi::Result<bool> {
+    pub fn unregister_route(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "string")] pattern: Unknown<'_>,
+    ) -> napi::Result<bool> {
         let pattern = text_arg(env.raw(), pattern.raw(), "pattern").map_err(|err| throw(env.raw(), &err))?;
         Ok(self.bridge.unregister_route(&pattern))
     }
@@ -303,7 +305,11 @@ impl JsBridgeManager {
     /// Benchmark and test aid: route `pattern` to a handler written in Rust
     /// that replies with the request payload.
     #[napi(catch_unwind)]
-    pub fn register_rust_echo(&self, env: Env, #[napi(ts_arg_type = "string")] pattern: Unknown<'_>) -> napi::Result<()> {
+    pub fn register_rust_echo(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "string")] pattern: Unknown<'_>,
+    ) -> napi::Result<()> {
         text_arg(env.raw(), pattern.raw(), "pattern")
             .and_then(|pattern| self.bridge.register_route(&pattern, handler::rust_echo()))
             .map_err(|e| throw(env.raw(), &e))
@@ -435,7 +441,8 @@ impl JsBridgeManager {
         let e = env.raw();
         let outcome = (|| {
             let resource = text_arg(e, resource.raw(), "resource")?;
-            let action = raw(&action).filter(|a| !convert::is_nullish(e, *a)).map(|a| text_arg(e, a, "action")).transpose()?;
+            let action =
+                raw(&action).filter(|a| !convert::is_nullish(e, *a)).map(|a| text_arg(e, a, "action")).transpose()?;
             let action = parse_action(action.as_deref())?;
             let token = token_string(e, token.raw())?.unwrap_or_default();
             self.bridge.authorize(&token, action, &resource).map(Reply::Bool)
@@ -502,7 +509,11 @@ impl JsBridgeManager {
 
     /// Deliver a dead letter again; it leaves the store on success.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn replay<'e>(&self, env: &'e Env, #[napi(ts_arg_type = "string")] id: Unknown<'_>) -> napi::Result<Unknown<'e>> {
+    pub fn replay<'e>(
+        &self,
+        env: &'e Env,
+        #[napi(ts_arg_type = "string")] id: Unknown<'_>,
+    ) -> napi::Result<Unknown<'e>> {
         let e = env.raw();
         let id = text_arg(e, id.raw(), "id").and_then(|id| {
             uuid::Uuid::parse_str(&id)

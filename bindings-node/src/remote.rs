@@ -261,7 +261,8 @@ impl JsRemoteBridge {
         handler: Unknown<'_>,
     ) -> napi::Result<Unknown<'e>> {
         let e = env.raw();
-        let args = text_arg(e, pattern.raw(), "pattern").and_then(|p| Ok((p, js_handler(e, &handler, self.max_depth)?)));
+        let args =
+            text_arg(e, pattern.raw(), "pattern").and_then(|p| Ok((p, js_handler(e, &handler, self.max_depth)?)));
         let (pattern, h) = match args {
             Ok((p, h)) => (p, Arc::new(h)),
             Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
@@ -280,7 +281,11 @@ impl JsRemoteBridge {
 
     /// Stop serving `pattern`; `true` if this client served it.
     #[napi(catch_unwind)]
-    pub fn unregister_route(&self, env: Env, #[napi(ts_arg_type = "string")] pattern: Unknown<'_>) -> napi::Result<bool> {
+    pub fn unregister_route(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "string")] pattern: Unknown<'_>,
+    ) -> napi::Result<bool> {
         let pattern = text_arg(env.raw(), pattern.raw(), "pattern").map_err(|err| throw(env.raw(), &err))?;
         let had = self.remote.unregister_route(&pattern);
         self.serving.check(&self.remote);

@@ -154,7 +154,8 @@ impl Settler {
                     let outcome = fut.await;
                     // If the JS thread is gone (a terminated worker), the
                     // call fails and the result is dropped: nobody waits for it.
-                    let _ = tsfn.call(Settle { deferred, outcome, unwatch: None }, ThreadsafeFunctionCallMode::NonBlocking);
+                    let _ =
+                        tsfn.call(Settle { deferred, outcome, unwatch: None }, ThreadsafeFunctionCallMode::NonBlocking);
                 });
             }
         }
