@@ -394,3 +394,35 @@ test('RemoteBridge methods reject or throw with a code for wrong argument types'
     await server.stop()
   }
 })
+
+test('a served handler whose Promise never settles is not waited for after the call gave up', async () => {
+  const server = await startServer()
+  try {
+    // The Promises this thread waits for (a test hook; any bridge of the thread reports them).
+    const waiting = () => new BridgeManager().__testLeftovers()[0]
+    const service = await BridgeManager.connect(server.url, { api_key: SERVICE })
+    let calls = 0
+    await service.registerRoute('ext.never', () => {
+      calls++
+      return new Promise(() => {})
+    })
+    const agent = await BridgeManager.connect(server.url, { api_key: AGENT })
+    const before = waiting()
+    const codes = await Promise.all(
+      Array.from({ length: 5 }, () => rejection(agent.route('ext.never', 1, { timeout: 0.3 })).then((e) => e.code)),
+    )
+    assert.deepEqual(codes, Array(5).fill('TIMEOUT'))
+    assert.equal(calls, 5)
+    // The serving side gives up at the same deadline; its clean-up lands on this thread's loop.
+    let left = waiting() - before
+    for (let i = 0; i < 500 && left !== 0; i++) {
+      await sleep(10)
+      left = waiting() - before
+    }
+    assert.equal(left, 0, 'Promises still waited for after their calls timed out')
+    await agent.close()
+    await service.close()
+  } finally {
+    await server.stop()
+  }
+})
