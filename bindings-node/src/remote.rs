@@ -269,7 +269,13 @@ impl JsRemoteBridge {
         };
         // Node keeps running while this Promise is pending; after that,
         // only if the server accepted the registration.
-        let alive = Serving::candidate(env)?;
+        let alive = match Serving::candidate(env) {
+            Ok(a) => a,
+            Err(err) => {
+                let err = BridgeError::internal(format!("could not make the keep-alive of a served route: {err}"));
+                return Ok(unknown(e, self.settler.ready(e, Err(err))?));
+            }
+        };
         let (r, serving) = (self.remote.clone(), self.serving.clone());
         let p = self.settler.promise(e, async move {
             r.register_route(&pattern, h).await?;
