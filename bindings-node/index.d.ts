@@ -238,8 +238,9 @@ export type JsBridgeManager = BridgeManager
 
 /**
  * A bridge running in a `dreamos-bridge serve` process; from `BridgeManager.connect()`.
- * While it serves routes (from the first `registerRoute` until `close()`)
- * it keeps Node running, as a server socket would.
+ * While it serves routes (from the first registration the server accepts
+ * until `close()` or the last `unregisterRoute`) it keeps Node running, as
+ * a server socket would.
  */
 export declare class RemoteBridge {
   /** The server's URL. */

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os'
 import { join, resolve, dirname } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { createInterface } from 'node:readline'
+import { createServer } from 'node:net'
 
 import { BridgeManager, rejection, sleep } from './helpers.mjs'
 
@@ -290,6 +291,135 @@ test('over TLS: calls and a served JS handler work with caFile, and trust is req
     await service.registerRoute('ext.tls', (msg) => ({ over: 'wss', got: msg.payload }))
     const agent = await BridgeManager.connect(server.url, { api_key: AGENT }, { caFile })
     assert.deepEqual(await agent.route('ext.tls', 3), { over: 'wss', got: 3 })
+    await agent.close()
+    await service.close()
+  } finally {
+    await server.stop()
+  }
+})
+
+test('connect() timeout bounds the whole connect, also a server that accepts and never answers', async () => {
+  // A TCP listener that takes connections and never says a word.
+  const sockets = []
+  const silent = createServer((s) => sockets.push(s))
+  await new Promise((r) => silent.listen(0, '127.0.0.1', r))
+  const url = `http://127.0.0.1:${silent.address().port}`
+  try {
+    for (const credentials of [{ api_key: AGENT }, null]) {
+      // Far below the client's 60 s request timeout, far above 0.5 s: no timing claim.
+      const outcome = await Promise.race([
+        BridgeManager.connect(url, credentials, { timeout: 0.5 }).then(
+          () => 'connected',
+          (e) => e,
+        ),
+        new Promise((r) => setTimeout(() => r('still waiting after 20 s'), 20_000).unref()),
+      ])
+      assert.ok(outcome instanceof Error, `credentials ${JSON.stringify(credentials)}: ${outcome}`)
+      assert.equal(outcome.code, 'TIMEOUT', outcome.message)
+      assert.match(outcome.message, /options\.timeout/)
+    }
+  } finally {
+    sockets.forEach((s) => s.destroy())
+    await new Promise((r) => silent.close(r))
+  }
+})
+
+/** Run `body` in a child Node process with `b`, a RemoteBridge connected as SERVICE; resolves with its result. */
+function child(server, body, timeout = 20_000) {
+  const script = `
+    const { BridgeManager } = require(${JSON.stringify(join(ROOT, 'bindings-node', 'index.js'))})
+    ;(async () => {
+      const b = await BridgeManager.connect(process.argv[1], { api_key: process.argv[2] })
+      ${body}
+    })()`
+  const r = spawnSync(process.execPath, ['-e', script, server.url, SERVICE], { encoding: 'utf8', timeout })
+  return { code: r.status, out: r.stdout, err: r.stderr, timedOut: r.error?.code === 'ETIMEDOUT' }
+}
+
+test('a RemoteBridge keeps Node alive only while it serves routes', async () => {
+  const server = await startServer()
+  try {
+    // A refused registration: nothing is served, nothing holds the process.
+    const refused = child(server, `
+      try { await b.registerRoute('agents.mine', () => 1) } catch (e) { console.log('refused', e.code) }`)
+    assert.equal(refused.timedOut, false, 'the process did not exit after a refused registerRoute')
+    assert.equal(refused.code, 0, refused.err)
+    assert.match(refused.out, /refused FORBIDDEN/)
+
+    // Registered, then its only route unregistered: the process ends by itself.
+    const unregistered = child(server, `
+      await b.registerRoute('ext.child.a', () => 1)
+      await b.registerRoute('ext.child.b', () => 2)
+      console.log('first', b.unregisterRoute('ext.child.a'))
+      console.log('last', b.unregisterRoute('ext.child.b'))`)
+    assert.equal(unregistered.timedOut, false, 'the process did not exit once no route was served')
+    assert.equal(unregistered.code, 0, unregistered.err)
+    assert.match(unregistered.out, /first true\nlast true/)
+
+    // While a route is served the process stays up: an unref'd timer only
+    // fires if something else keeps the event loop running.
+    const serving = child(server, `
+      await b.registerRoute('ext.child.c', () => 3)
+      setTimeout(() => { console.log('still serving'); b.close() }, 300).unref()`)
+    assert.equal(serving.timedOut, false, 'the process did not exit after close()')
+    assert.equal(serving.code, 0, serving.err)
+    assert.match(serving.out, /still serving/)
+  } finally {
+    await server.stop()
+  }
+})
+
+test('RemoteBridge methods reject or throw with a code for wrong argument types', async () => {
+  const server = await startServer()
+  try {
+    const bridge = await BridgeManager.connect(server.url, { api_key: SERVICE })
+    for (const [what, call] of [
+      ['registerRoute(5, fn)', () => bridge.registerRoute(5, () => 1)],
+      ["registerRoute('ext.x', 'nofn')", () => bridge.registerRoute('ext.x', 'nofn')],
+    ]) {
+      let p
+      assert.doesNotThrow(() => {
+        p = call()
+      }, what)
+      const e = await rejection(p)
+      assert.equal(e.code, 'INVALID_MESSAGE', `${what}: ${e.message}`)
+    }
+    assert.throws(
+      () => bridge.unregisterRoute(5),
+      (e) => e.code === 'INVALID_MESSAGE',
+    )
+    assert.deepEqual(bridge.routes(), [])
+    await bridge.close()
+  } finally {
+    await server.stop()
+  }
+})
+
+test('a served handler whose Promise never settles is not waited for after the call gave up', async () => {
+  const server = await startServer()
+  try {
+    // The Promises this thread waits for (a test hook; any bridge of the thread reports them).
+    const waiting = () => new BridgeManager().__testLeftovers()[0]
+    const service = await BridgeManager.connect(server.url, { api_key: SERVICE })
+    let calls = 0
+    await service.registerRoute('ext.never', () => {
+      calls++
+      return new Promise(() => {})
+    })
+    const agent = await BridgeManager.connect(server.url, { api_key: AGENT })
+    const before = waiting()
+    const codes = await Promise.all(
+      Array.from({ length: 5 }, () => rejection(agent.route('ext.never', 1, { timeout: 0.3 })).then((e) => e.code)),
+    )
+    assert.deepEqual(codes, Array(5).fill('TIMEOUT'))
+    assert.equal(calls, 5)
+    // The serving side gives up at the same deadline; its clean-up lands on this thread's loop.
+    let left = waiting() - before
+    for (let i = 0; i < 500 && left !== 0; i++) {
+      await sleep(10)
+      left = waiting() - before
+    }
+    assert.equal(left, 0, 'Promises still waited for after their calls timed out')
     await agent.close()
     await service.close()
   } finally {

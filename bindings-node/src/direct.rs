@@ -68,15 +68,22 @@ pub(crate) fn run(
     // takes the call and settles ours.
     let (deferred, promise, tsfn) = settler.deferred(env)?;
     let cancelled = call.cancelled();
-    let key = deadlines.insert(Pending { call, deferred }, cancelled, tsfn);
+    let key = deadlines.insert(Pending { call, deferred, watch: None }, cancelled, tsfn);
     let settler_then = settler.clone();
-    let deadlines = deadlines.clone();
-    handler::on_value(env, ret, max_depth, move |env, reply| {
-        if let Some(Pending { call, deferred }) = deadlines.remove(key) {
+    let then_deadlines = deadlines.clone();
+    let watch = handler::on_value(env, ret, max_depth, move |env, reply| {
+        if let Some(Pending { call, deferred, .. }) = then_deadlines.remove(key) {
             call.finish(&reply);
             settler_then.settle_from_js(env, deferred, reply.map(Reply::Payload));
         }
     });
+    // The sweeper forgets the watch if the call times out first; if it
+    // already did, nothing waits for the Promise any more.
+    if let Some(w) = watch
+        && !deadlines.set_watch(key, w)
+    {
+        crate::watch::forget(w);
+    }
     Ok(promise)
 }
 
@@ -84,6 +91,8 @@ pub(crate) fn run(
 struct Pending {
     call: Call,
     deferred: Deferred,
+    /// The watch on the handler's Promise (see [`crate::watch`]).
+    watch: Option<u64>,
 }
 
 type Key = (Instant, u64);
@@ -126,6 +135,11 @@ impl Deadlines {
     fn remove(&self, key: Key) -> Option<Pending> {
         self.state.lock().waiting.remove(&key)
     }
+
+    /// Note the watch of a waiting call; `false` if the call is over.
+    fn set_watch(&self, key: Key, watch: u64) -> bool {
+        self.state.lock().waiting.get_mut(&key).map(|p| p.watch = Some(watch)).is_some()
+    }
 }
 
 /// Fails calls whose deadline passed with `TIMEOUT`, and every call with
@@ -157,7 +171,7 @@ async fn sweep(
             }
             (due, st.waiting.first_key_value().map(|(k, _)| k.0))
         };
-        for Pending { call, deferred } in due {
+        for Pending { call, deferred, watch } in due {
             let err = if shut_down {
                 BridgeError::shutdown()
             } else {
@@ -169,7 +183,7 @@ async fn sweep(
             let result: dreamos_bridge::Result<Payload> = Err(err);
             call.finish(&result);
             let _ = tsfn.call(
-                Settle { deferred, outcome: result.map(Reply::Payload) },
+                Settle { deferred, outcome: result.map(Reply::Payload), unwatch: watch },
                 ThreadsafeFunctionCallMode::NonBlocking,
             );
         }

@@ -45,6 +45,24 @@ fn raw(v: &Option<Unknown<'_>>) -> Option<RawValue> {
     v.as_ref().map(|u| u.raw())
 }
 
+/// A string argument (a pattern, an id, ...): `INVALID_MESSAGE` naming it otherwise.
+fn text_arg(env: sys::napi_env, v: RawValue, what: &str) -> Result<String, BridgeError> {
+    convert::get_string(env, v).map_err(|c| c.into_bridge(what))
+}
+
+/// A handler argument: checked to be a function before N-API is asked to
+/// make a thread-safe function of it (whose own failure says nothing useful).
+fn js_handler(env: sys::napi_env, v: &Unknown<'_>, max_depth: usize) -> Result<handler::JsHandler, BridgeError> {
+    if convert::type_of(env, v.raw()) != sys::ValueType::napi_function {
+        return Err(BridgeError::invalid("the handler must be a function (message) => reply (plain or async)"));
+    }
+    // SAFETY: checked to be a function just above.
+    let func = unsafe { v.cast::<Function<'_, Unknown<'static>, Unknown<'static>>>() }
+        .map_err(|e| BridgeError::internal(format!("could not read the handler function: {e}")))?;
+    handler::JsHandler::new(func, max_depth)
+        .map_err(|e| BridgeError::internal(format!("could not hold the handler function: {e}")))
+}
+
 /// At load, per env (main thread or worker): give `route()` its JSON-text
 /// fast path (see [`json_text`]).
 #[napi(module_exports)]
@@ -154,15 +172,21 @@ impl JsBridgeManager {
 
     /// A bridge from YAML text.
     #[napi(factory, catch_unwind)]
-    pub fn from_yaml(env: Env, text: String) -> napi::Result<Self> {
-        let bridge = dreamos_bridge::BridgeManager::from_yaml(&text).map_err(|err| throw(env.raw(), &err))?;
+    pub fn from_yaml(env: Env, #[napi(ts_arg_type = "string")] text: Unknown<'_>) -> napi::Result<Self> {
+        let bridge = convert::get_string(env.raw(), text.raw())
+            .map_err(|_| BridgeError::config("", "fromYaml() takes the YAML text as a string"))
+            .and_then(|text| dreamos_bridge::BridgeManager::from_yaml(&text))
+            .map_err(|err| throw(env.raw(), &err))?;
         Self::wrap(&env, bridge)
     }
 
     /// A bridge from a YAML file.
     #[napi(factory, catch_unwind)]
-    pub fn from_file(env: Env, path: String) -> napi::Result<Self> {
-        let bridge = dreamos_bridge::BridgeManager::from_file(&path).map_err(|err| throw(env.raw(), &err))?;
+    pub fn from_file(env: Env, #[napi(ts_arg_type = "string")] path: Unknown<'_>) -> napi::Result<Self> {
+        let bridge = convert::get_string(env.raw(), path.raw())
+            .map_err(|_| BridgeError::config("", "fromFile() takes the path of a YAML file as a string"))
+            .and_then(|path| dreamos_bridge::BridgeManager::from_file(&path))
+            .map_err(|err| throw(env.raw(), &err))?;
         Self::wrap(&env, bridge)
     }
 
@@ -189,7 +213,7 @@ impl JsBridgeManager {
     )]
     pub fn connect<'e>(
         env: &'e Env,
-        url: String,
+        url: Unknown<'_>,
         credentials: Option<Unknown<'_>>,
         options: Option<Unknown<'_>>,
     ) -> napi::Result<napi::bindgen_prelude::PromiseRaw<'e, remote::JsRemoteBridge>> {
@@ -207,9 +231,21 @@ impl JsBridgeManager {
     /// Stop admitting, let in-flight work finish (for `grace` seconds, default
     /// `bridge.shutdown_grace`), then fail what is left with `SHUTDOWN`.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn shutdown<'e>(&self, env: &'e Env, grace: Option<f64>) -> napi::Result<Unknown<'e>> {
+    pub fn shutdown<'e>(
+        &self,
+        env: &'e Env,
+        #[napi(ts_arg_type = "number | undefined | null")] grace: Option<Unknown<'_>>,
+    ) -> napi::Result<Unknown<'e>> {
         let bridge = self.bridge.clone();
-        let grace = match grace.map(seconds).transpose() {
+        let e = env.raw();
+        let grace = raw(&grace)
+            .filter(|g| !convert::is_nullish(e, *g))
+            .map(|g| {
+                let secs = convert::to_json(e, g, 1).ok().and_then(|v| v.as_f64());
+                secs.ok_or_else(|| BridgeError::invalid("grace must be seconds (a number)")).and_then(seconds)
+            })
+            .transpose();
+        let grace = match grace {
             Ok(g) => g,
             Err(err) => return Ok(unknown(env.raw(), self.settler.ready(env.raw(), Err(err))?)),
         };
@@ -236,18 +272,28 @@ impl JsBridgeManager {
     pub fn register_route(
         &self,
         env: Env,
-        pattern: String,
+        #[napi(ts_arg_type = "string")] pattern: Unknown<'_>,
         #[napi(ts_arg_type = "(message: Message) => Payload | Promise<Payload> | void | Promise<void>")]
-        handler: Function<'_, Unknown<'static>, Unknown<'static>>,
+        handler: Unknown<'_>,
     ) -> napi::Result<()> {
-        let h = handler::JsHandler::new(handler, self.max_depth)?;
-        self.bridge.register_route(&pattern, Arc::new(h)).map_err(|e| throw(env.raw(), &e))
+        let e = env.raw();
+        text_arg(e, pattern.raw(), "pattern")
+            .and_then(|pattern| {
+                let h = js_handler(e, &handler, self.max_depth)?;
+                self.bridge.register_route(&pattern, Arc::new(h))
+            })
+            .map_err(|err| throw(e, &err))
     }
 
     /// Remove the route with exactly this pattern; `true` if there was one.
-    #[napi]
-    pub fn unregister_route(&self, pattern: String) -> bool {
-        self.bridge.unregister_route(&pattern)
+    #[napi(catch_unwind)]
+    pub fn unregister_route(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "string")] pattern: Unknown<'_>,
+    ) -> napi::Result<bool> {
+        let pattern = text_arg(env.raw(), pattern.raw(), "pattern").map_err(|err| throw(env.raw(), &err))?;
+        Ok(self.bridge.unregister_route(&pattern))
     }
 
     /// The registered patterns.
@@ -259,8 +305,14 @@ impl JsBridgeManager {
     /// Benchmark and test aid: route `pattern` to a handler written in Rust
     /// that replies with the request payload.
     #[napi(catch_unwind)]
-    pub fn register_rust_echo(&self, env: Env, pattern: String) -> napi::Result<()> {
-        self.bridge.register_route(&pattern, handler::rust_echo()).map_err(|e| throw(env.raw(), &e))
+    pub fn register_rust_echo(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "string")] pattern: Unknown<'_>,
+    ) -> napi::Result<()> {
+        text_arg(env.raw(), pattern.raw(), "pattern")
+            .and_then(|pattern| self.bridge.register_route(&pattern, handler::rust_echo()))
+            .map_err(|e| throw(env.raw(), &e))
     }
 
     /// Test only: a Promise whose engine future panics after suspending once
@@ -273,6 +325,15 @@ impl JsBridgeManager {
             panic!("dreamos_bridge test hook: a deliberate panic in a future on tokio")
         })?;
         Ok(unknown(env.raw(), p))
+    }
+
+    /// Test only: Promises of handlers this thread still waits for, and
+    /// weak references to handler functions not yet deleted (both must go
+    /// back down: a timed-out call or an unregistered handler leaves nothing).
+    #[napi(js_name = "__testLeftovers", skip_typescript)]
+    pub fn test_leftovers(&self) -> Vec<u32> {
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        vec![n(watch::waiting()), n(handler::live_references())]
     }
 
     /// The handle `route()`'s JS side passes to the native half of its
@@ -374,11 +435,14 @@ impl JsBridgeManager {
         &self,
         env: &'e Env,
         token: Unknown<'_>,
-        resource: String,
-        action: Option<String>,
+        resource: Unknown<'_>,
+        action: Option<Unknown<'_>>,
     ) -> napi::Result<Unknown<'e>> {
         let e = env.raw();
         let outcome = (|| {
+            let resource = text_arg(e, resource.raw(), "resource")?;
+            let action =
+                raw(&action).filter(|a| !convert::is_nullish(e, *a)).map(|a| text_arg(e, a, "action")).transpose()?;
             let action = parse_action(action.as_deref())?;
             let token = token_string(e, token.raw())?.unwrap_or_default();
             self.bridge.authorize(&token, action, &resource).map(Reply::Bool)
@@ -445,17 +509,22 @@ impl JsBridgeManager {
 
     /// Deliver a dead letter again; it leaves the store on success.
     #[napi(catch_unwind, ts_return_type = "Promise<void>")]
-    pub fn replay<'e>(&self, env: &'e Env, id: String) -> napi::Result<Unknown<'e>> {
+    pub fn replay<'e>(
+        &self,
+        env: &'e Env,
+        #[napi(ts_arg_type = "string")] id: Unknown<'_>,
+    ) -> napi::Result<Unknown<'e>> {
         let e = env.raw();
-        let p = match uuid::Uuid::parse_str(&id) {
+        let id = text_arg(e, id.raw(), "id").and_then(|id| {
+            uuid::Uuid::parse_str(&id)
+                .map_err(|_| BridgeError::invalid(format!("{id:?} is not a message id: take one from deadLetters()")))
+        });
+        let p = match id {
             Ok(id) => {
                 let bridge = self.bridge.clone();
                 self.settler.promise(e, async move { bridge.replay(id).await.map(|_| Reply::Undefined) })?
             }
-            Err(_) => self.settler.ready(
-                e,
-                Err(BridgeError::invalid(format!("{id:?} is not a message id: take one from deadLetters()"))),
-            )?,
+            Err(err) => self.settler.ready(e, Err(err))?,
         };
         Ok(unknown(e, p))
     }

@@ -8,31 +8,33 @@
 //! `BridgeManager` does, so both take the same calls and reject with the
 //! same `.code`s; handlers are the binding's own [`JsHandler`]s.
 
-use std::cell::RefCell;
 use std::sync::Arc;
 
 use dreamos_bridge::message::Limits;
 use dreamos_bridge::{BridgeError, Credentials};
 use dreamos_bridge_client::{ClientOptions, RemoteBridge};
 use napi::bindgen_prelude::{Function, PromiseRaw, Unknown};
-use napi::{Env, JsValue as _};
+use napi::threadsafe_function::ThreadsafeFunction;
+use napi::{Env, JsValue as _, Status};
 use napi_derive::napi;
+use parking_lot::Mutex;
 use serde_json::json;
 
 use crate::convert;
-use crate::handler::JsHandler;
-use crate::settle::{Deferred, Reply, Settler};
-use crate::{call_args, raw, seconds, throw, unknown};
+use crate::settle::{Reply, Settler};
+use crate::{call_args, js_handler, raw, seconds, text_arg, throw, unknown};
 
 /// `BridgeManager.connect` (declared in lib.rs, where the class is).
 pub(crate) fn connect<'e>(
     env: &'e Env,
-    url: String,
+    url: Unknown<'_>,
     credentials: Option<Unknown<'_>>,
     options: Option<Unknown<'_>>,
 ) -> napi::Result<PromiseRaw<'e, JsRemoteBridge>> {
     let e = env.raw();
     let args = (|| -> Result<_, BridgeError> {
+        let url = convert::get_string(e, url.raw())
+            .map_err(|_| BridgeError::config("url", "must be a string: use http://HOST:PORT"))?;
         let creds = match raw(&credentials).filter(|v| !convert::is_nullish(e, *v)) {
             None => None,
             Some(v) => {
@@ -69,37 +71,83 @@ pub(crate) fn connect<'e>(
                 }
             }
         }
-        Ok((creds, opts))
+        Ok((url, creds, opts))
     })();
     let fut = async move {
-        let (creds, opts) = args?;
-        match creds {
-            Some(c) => RemoteBridge::connect(&url, &c, opts).await,
-            None => RemoteBridge::connect_anonymous(&url, opts).await,
-        }
+        let (url, creds, opts) = args?;
+        // The client bounds the TCP connect by `connect_timeout`, but the
+        // token request (or health check) by its 60 s request timeout; the
+        // option promises the whole connect, so it bounds both here.
+        let limit = opts.connect_timeout;
+        let connecting = async {
+            match creds {
+                Some(c) => RemoteBridge::connect(&url, &c, opts).await,
+                None => RemoteBridge::connect_anonymous(&url, opts).await,
+            }
+        };
+        tokio::time::timeout(limit, connecting).await.unwrap_or_else(|_| {
+            Err(BridgeError::timeout(format!(
+                "the bridge server at {url} did not answer within {:.1}s: check that it is up, or raise options.timeout",
+                limit.as_secs_f64()
+            )))
+        })
     };
     env.spawn_future_with_callback(async move { Ok(fut.await) }, |env, r: Result<RemoteBridge, BridgeError>| match r {
         Ok(remote) => Ok(JsRemoteBridge {
             remote,
             settler: Settler::new(env)?,
             max_depth: Limits::default().max_json_depth,
-            serving: RefCell::new(None),
+            serving: Serving::default(),
         }),
         Err(err) => Err(throw(env.raw(), &err)),
     })
 }
 
 /// A bridge running in a `dreamos-bridge serve` process; from `BridgeManager.connect()`.
-/// While it serves routes (from the first `registerRoute` until `close()`)
-/// it keeps Node running, as a server socket would.
+/// While it serves routes (from the first registration the server accepts
+/// until `close()` or the last `unregisterRoute`) it keeps Node running, as
+/// a server socket would.
 #[napi(js_name = "RemoteBridge")]
 pub struct JsRemoteBridge {
     remote: RemoteBridge,
     settler: Settler,
     max_depth: usize,
-    /// Held from the first `registerRoute` until `close()`: keeps Node
-    /// running while this process serves routes for others.
-    serving: RefCell<Option<Deferred>>,
+    serving: Serving,
+}
+
+/// A thread-safe function that is not weak: while it exists Node keeps
+/// running; dropped (from any thread), it lets the event loop end.
+type AliveFn = ThreadsafeFunction<(), (), (), Status, false, false>;
+
+/// Keeps Node running while this process serves routes for others, and
+/// only then: not for a registration the server refused, not once the last
+/// route is unregistered or the bridge closed.
+#[derive(Clone, Default)]
+struct Serving(Arc<Mutex<Option<AliveFn>>>);
+
+impl Serving {
+    /// A keep-alive for a registration in flight (made on the JS thread).
+    fn candidate(env: &Env) -> napi::Result<AliveFn> {
+        let noop: Function<(), ()> = env.create_function_from_closure("dreamosServing", |_| Ok(()))?;
+        noop.build_threadsafe_function::<()>().callee_handled::<false>().build()
+    }
+
+    /// After the server accepted a registration: hold `alive` if routes are
+    /// served (an `unregisterRoute` may have raced the answer) and none is held.
+    fn accepted(&self, alive: AliveFn, remote: &RemoteBridge) {
+        let mut slot = self.0.lock();
+        if slot.is_none() && !remote.is_closed() && !remote.routes().is_empty() {
+            *slot = Some(alive);
+        }
+    }
+
+    /// After an unregistration or `close()`: let Node end if nothing is served.
+    fn check(&self, remote: &RemoteBridge) {
+        let mut slot = self.0.lock();
+        if remote.is_closed() || remote.routes().is_empty() {
+            slot.take();
+        }
+    }
 }
 
 #[napi]
@@ -208,26 +256,46 @@ impl JsRemoteBridge {
     pub fn register_route<'e>(
         &self,
         env: &'e Env,
-        pattern: String,
+        #[napi(ts_arg_type = "string")] pattern: Unknown<'_>,
         #[napi(ts_arg_type = "(message: Message) => Payload | Promise<Payload> | void | Promise<void>")]
-        handler: Function<'_, Unknown<'static>, Unknown<'static>>,
+        handler: Unknown<'_>,
     ) -> napi::Result<Unknown<'e>> {
-        let h = Arc::new(JsHandler::new(handler, self.max_depth)?);
-        if self.serving.borrow().is_none() && !self.remote.is_closed() {
-            let (deferred, _unobserved, _) = self.settler.deferred(env.raw())?;
-            *self.serving.borrow_mut() = Some(deferred);
-        }
-        let r = self.remote.clone();
-        let p = self
-            .settler
-            .promise(env.raw(), async move { r.register_route(&pattern, h).await.map(|_| Reply::Undefined) })?;
-        Ok(unknown(env.raw(), p))
+        let e = env.raw();
+        let args =
+            text_arg(e, pattern.raw(), "pattern").and_then(|p| Ok((p, js_handler(e, &handler, self.max_depth)?)));
+        let (pattern, h) = match args {
+            Ok((p, h)) => (p, Arc::new(h)),
+            Err(err) => return Ok(unknown(e, self.settler.ready(e, Err(err))?)),
+        };
+        // Node keeps running while this Promise is pending; after that,
+        // only if the server accepted the registration.
+        let alive = match Serving::candidate(env) {
+            Ok(a) => a,
+            Err(err) => {
+                let err = BridgeError::internal(format!("could not make the keep-alive of a served route: {err}"));
+                return Ok(unknown(e, self.settler.ready(e, Err(err))?));
+            }
+        };
+        let (r, serving) = (self.remote.clone(), self.serving.clone());
+        let p = self.settler.promise(e, async move {
+            r.register_route(&pattern, h).await?;
+            serving.accepted(alive, &r);
+            Ok(Reply::Undefined)
+        })?;
+        Ok(unknown(e, p))
     }
 
     /// Stop serving `pattern`; `true` if this client served it.
-    #[napi]
-    pub fn unregister_route(&self, pattern: String) -> bool {
-        self.remote.unregister_route(&pattern)
+    #[napi(catch_unwind)]
+    pub fn unregister_route(
+        &self,
+        env: Env,
+        #[napi(ts_arg_type = "string")] pattern: Unknown<'_>,
+    ) -> napi::Result<bool> {
+        let pattern = text_arg(env.raw(), pattern.raw(), "pattern").map_err(|err| throw(env.raw(), &err))?;
+        let had = self.remote.unregister_route(&pattern);
+        self.serving.check(&self.remote);
+        Ok(had)
     }
 
     /// The patterns this client serves.
@@ -256,9 +324,7 @@ impl JsRemoteBridge {
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close<'e>(&self, env: &'e Env) -> napi::Result<Unknown<'e>> {
         self.remote.close();
-        if let Some(deferred) = self.serving.borrow_mut().take() {
-            self.settler.settle_from_js(env.raw(), deferred, Ok(Reply::Undefined));
-        }
+        self.serving.check(&self.remote);
         Ok(unknown(env.raw(), self.settler.ready(env.raw(), Ok(Reply::Undefined))?))
     }
 }

@@ -63,6 +63,9 @@ unsafe impl Send for Deferred {}
 pub(crate) struct Settle {
     pub(crate) deferred: Deferred,
     pub(crate) outcome: Outcome,
+    /// A handler's Promise this call no longer waits for (it timed out):
+    /// forgotten on the JS thread (see [`crate::watch::forget`]).
+    pub(crate) unwatch: Option<u64>,
 }
 
 pub(crate) type SettleFn = ThreadsafeFunction<Settle, (), (), Status, false, true>;
@@ -111,6 +114,9 @@ impl Settler {
             noop.build_threadsafe_function::<Settle>().weak::<true>().callee_handled::<false>().build_callback(
                 move |ctx| {
                     let env = ctx.env.raw();
+                    if let Some(key) = ctx.value.unwatch {
+                        crate::watch::forget(key);
+                    }
                     settle_now(env, ctx.value.deferred, ctx.value.outcome);
                     in_cb.release(env);
                     Ok(())
@@ -148,7 +154,8 @@ impl Settler {
                     let outcome = fut.await;
                     // If the JS thread is gone (a terminated worker), the
                     // call fails and the result is dropped: nobody waits for it.
-                    let _ = tsfn.call(Settle { deferred, outcome }, ThreadsafeFunctionCallMode::NonBlocking);
+                    let _ =
+                        tsfn.call(Settle { deferred, outcome, unwatch: None }, ThreadsafeFunctionCallMode::NonBlocking);
                 });
             }
         }

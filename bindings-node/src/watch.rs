@@ -33,9 +33,11 @@ thread_local! {
 const HELPER: &str =
     "(function (ok, err) { return function (p, k) { p.then(function (v) { ok(k, v) }, function (e) { err(k, e) }) } })";
 
-/// Call `done` on this thread when `promise` settles. On failure to attach,
-/// `done` is handed back so the caller can answer instead of waiting forever.
-pub(crate) fn watch(env: sys::napi_env, promise: RawValue, done: Done) -> Result<(), Done> {
+/// Call `done` on this thread when `promise` settles; the key lets the
+/// caller [`forget`] it if it stops waiting first (a Promise that never
+/// settles would hold `done` for good). On failure to attach, `done` is
+/// handed back so the caller can answer instead of waiting forever.
+pub(crate) fn watch(env: sys::napi_env, promise: RawValue, done: Done) -> Result<u64, Done> {
     let Some(helper) = helper(env) else { return Err(done) };
     let key = WATCHER.with(move |w| match w.borrow_mut().as_mut() {
         Some(w) => {
@@ -55,13 +57,24 @@ pub(crate) fn watch(env: sys::napi_env, promise: RawValue, done: Done) -> Result
         }
     });
     if attached {
-        return Ok(());
+        return Ok(key);
     }
     convert::clear_exception(env);
     match take(key) {
         Some(done) => Err(done),
-        None => Ok(()),
+        None => Ok(key),
     }
+}
+
+/// Stop waiting for the Promise of `key` (on the thread that watches it):
+/// its callback is dropped, uncalled.
+pub(crate) fn forget(key: u64) {
+    drop(take(key));
+}
+
+/// Test aid: how many Promises this thread still waits for.
+pub(crate) fn waiting() -> usize {
+    WATCHER.with(|w| w.borrow().as_ref().map_or(0, |w| w.waiting.len()))
 }
 
 fn take(key: u64) -> Option<Done> {
