@@ -183,6 +183,25 @@ async def test_errors_are_the_local_exception_classes(server: Server) -> None:
     assert url.split("//")[1] in str(su.value)
 
 
+async def test_connect_timeout_bounds_a_server_that_never_answers() -> None:
+    held: List[asyncio.StreamWriter] = []
+
+    async def accept_and_stay_silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)
+
+    silent = await asyncio.start_server(accept_and_stay_silent, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(db.BridgeTimeoutError) as e:
+            await BridgeManager.connect(f"http://127.0.0.1:{port}", {"api_key": AGENT}, timeout=0.3)
+        assert "did not answer within 0.3s" in str(e.value)
+    finally:
+        for w in held:
+            w.close()
+        silent.close()
+        await silent.wait_closed()
+
+
 async def test_lone_surrogates_in_patterns_urls_and_credentials_are_typed_errors(server: Server) -> None:
     with pytest.raises(db.ConfigError) as ce:
         await BridgeManager.connect(server.url + "/\ud800", {"api_key": AGENT})

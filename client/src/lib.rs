@@ -139,11 +139,22 @@ impl RemoteBridge {
         let trust = tls::Trust::load(opts.ca_file.as_deref())?;
         let api = Arc::new(Api::new(url, credentials, &opts, &trust)?);
         let tls = if api.base().starts_with("https://") { Some(trust.connector()?) } else { None };
-        if api.credentials().is_some() {
-            api.login().await?;
-        } else {
-            api.health().await?;
-        }
+        // `connect_timeout` bounds the whole connect: a server that accepts
+        // the connection and never answers must not hold the caller for the
+        // (much longer) request timeout.
+        let first_answer = async {
+            match api.credentials() {
+                Some(_) => api.login().await,
+                None => api.health().await.map(drop),
+            }
+        };
+        tokio::time::timeout(opts.connect_timeout, first_answer).await.map_err(|_| {
+            BridgeError::timeout(format!(
+                "the bridge server at {} did not answer within {:.1}s: check that it is up, or raise the connect timeout",
+                api.base(),
+                opts.connect_timeout.as_secs_f64()
+            ))
+        })??;
         Ok(RemoteBridge {
             inner: Arc::new(Inner { api, tls, opts, session: Mutex::new(None), cancel: CancellationToken::new() }),
         })

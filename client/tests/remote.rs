@@ -441,3 +441,26 @@ async fn calls_beyond_max_connections_wait_for_a_free_connection_within_their_de
     };
     assert_eq!(e.code(), ErrorCode::Config, "{e}");
 }
+
+#[tokio::test]
+async fn connect_timeout_bounds_a_server_that_accepts_and_never_answers() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    // Accept, read nothing, answer nothing, keep the connections open.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let opts = ClientOptions { connect_timeout: Duration::from_millis(300), ..ClientOptions::default() };
+    for connecting in [
+        RemoteBridge::connect(&url, &Credentials::ApiKey(AGENT.into()), opts.clone()).await,
+        RemoteBridge::connect_anonymous(&url, opts.clone()).await,
+    ] {
+        let e = connecting.expect_err("no server answered");
+        assert_eq!(e.code(), ErrorCode::Timeout, "{e:?}");
+        assert!(e.message().contains("did not answer within 0.3s"), "{e:?}");
+    }
+    silent.abort();
+}
