@@ -671,10 +671,13 @@ impl BridgeConfig {
         // second `security:` must not silently replace the first), and
         // `.inf`/`.nan` are caught here with their key path (JSON has no
         // such numbers; they would read as "not set").
-        let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
+        let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
             let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
             BridgeError::config("", format!("not valid YAML{at}: {e}"))
         })?;
+        // Merge keys (`<<: *defaults`), for services and routes that share settings.
+        yaml.apply_merge()
+            .map_err(|e| BridgeError::config("", format!("a merge key (`<<`) cannot be applied: {e}")))?;
         let value = yaml_to_json(yaml, &mut String::new())?;
         // An empty document is the embedded default.
         let value = if value.is_null() { serde_json::Value::Object(Default::default()) } else { value };
@@ -1268,6 +1271,17 @@ mod tests {
         assert!(m.starts_with("security.rate_limit: .nan is not a finite number"), "{m}");
         let m = err("routes:\n  - pattern: a.b\n    timeout: -.inf\n");
         assert!(m.starts_with("routes[0].timeout: "), "{m}");
+        // Merge keys apply; the key written beside them wins.
+        let c = BridgeConfig::from_yaml(
+            "x-defaults: &svc\n  url: http://127.0.0.1:1\n  timeout: 5s\nservices:\n  a:\n    <<: *svc\n  b:\n    <<: *svc\n    timeout: 9s\n",
+        );
+        assert!(c.is_err(), "x-defaults is an unknown top-level key");
+        let c = BridgeConfig::from_yaml(
+            "services:\n  a: &svc\n    url: http://127.0.0.1:1\n    timeout: 5s\n  b:\n    <<: *svc\n    timeout: 9s\n",
+        )
+        .unwrap();
+        assert_eq!(c.services["b"].url, "http://127.0.0.1:1");
+        assert_eq!(c.services["b"].timeout.map(|t| t.get().as_secs()), Some(9));
         // Numbers, tags and numeric keys still load.
         let c = BridgeConfig::from_yaml(
             "bridge:\n  port: !!int 8081\n  retry_delay: 0.5\nservices:\n  '42':\n    url: http://127.0.0.1:1\n",
