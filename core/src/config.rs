@@ -1053,6 +1053,13 @@ fn yaml_to_json(value: serde_yaml_ng::Value, path: &mut String) -> Result<serde_
                 }
                 path.push_str(&key);
                 let item = yaml_to_json(item, path)?;
+                // `42:` and `'42':` are two keys to YAML, one to us.
+                if out.contains_key(&key) {
+                    return Err(BridgeError::config(
+                        path,
+                        "is given twice (once as text, once as a number or boolean)",
+                    ));
+                }
                 path.truncate(len);
                 out.insert(key, item);
             }
@@ -1271,6 +1278,9 @@ mod tests {
         assert!(m.starts_with("security.rate_limit: .nan is not a finite number"), "{m}");
         let m = err("routes:\n  - pattern: a.b\n    timeout: -.inf\n");
         assert!(m.starts_with("routes[0].timeout: "), "{m}");
+        // `42:` and `'42':` are two keys to YAML, one here.
+        let m = err("services:\n  42:\n    url: http://127.0.0.1:1\n  '42':\n    url: http://127.0.0.1:2\n");
+        assert!(m.starts_with("services.42: is given twice"), "{m}");
         // Merge keys apply; the key written beside them wins.
         let c = BridgeConfig::from_yaml(
             "x-defaults: &svc\n  url: http://127.0.0.1:1\n  timeout: 5s\nservices:\n  a:\n    <<: *svc\n  b:\n    <<: *svc\n    timeout: 9s\n",

@@ -144,8 +144,10 @@ impl AdmissionQueue {
             }
             (seq, rx)
         };
-        let mut guard = QueuedGuard { queue: self, seq, done: false };
-        match tokio::time::timeout_at(deadline.into(), rx).await {
+        // The guard owns the receiver, so that a slot handed over while the
+        // caller is timing out or going away is still seen (and passed on).
+        let mut guard = QueuedGuard { queue: self, seq, rx, done: false };
+        match tokio::time::timeout_at(deadline.into(), &mut guard.rx).await {
             Ok(Ok(())) => {
                 guard.done = true;
                 Ok(Permit { queue: Some(self.clone()) })
@@ -195,6 +197,10 @@ enum Left {
 struct QueuedGuard<'a> {
     queue: &'a Arc<AdmissionQueue>,
     seq: u64,
+    /// Alive until the guard is gone: a `release` that pops this waiter
+    /// always hands it the slot (its send cannot fail), and `leave` finds it
+    /// here.
+    rx: oneshot::Receiver<()>,
     done: bool,
 }
 
@@ -215,7 +221,11 @@ impl QueuedGuard<'_> {
             return Left::Queue;
         }
         drop(st);
-        q.release();
+        // Not waiting any more: a `release` popped it and handed it the
+        // slot, which is passed on.
+        if self.rx.try_recv().is_ok() {
+            q.release();
+        }
         Left::HandedASlot
     }
 }
@@ -373,6 +383,61 @@ mod tests {
         }
         let st = q.state.lock();
         assert_eq!((st.in_flight, st.waiting.len(), st.overflow.len(), q.depth()), (0, 0, 0, 0));
+    }
+
+    #[test]
+    fn a_slot_handed_to_a_waiter_that_is_leaving_is_passed_on_once() {
+        let q = AdmissionQueue::new(1, 1);
+        let Admission::Admitted(held) = q.try_admit() else { panic!() };
+        let (tx, rx) = oneshot::channel();
+        q.state.lock().waiting.push(Waiter { priority: 0, seq: 1, tx });
+        // The waiter's deadline has passed, but before it leaves, the slot
+        // is released and handed to it.
+        drop(held);
+        assert_eq!(q.state.lock().in_flight, 1, "the slot went to the waiter");
+        let mut guard = QueuedGuard { queue: &q, seq: 1, rx, done: false };
+        assert!(matches!(guard.leave(), Left::HandedASlot));
+        drop(guard);
+        assert_eq!(q.state.lock().in_flight, 0, "passed on once, not twice");
+        assert!(matches!(q.try_admit(), Admission::Admitted(_)));
+    }
+
+    /// Deadlines that fire as slots are handed over: a waiter popped by a
+    /// release while it was timing out must pass its slot on exactly once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrency_never_exceeds_max_when_deadlines_race_releases() {
+        use std::sync::atomic::AtomicUsize;
+        let max = 2usize;
+        let q = AdmissionQueue::new(max, 4);
+        let holders = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for i in 0..20_000u64 {
+            let (q, holders, peak) = (q.clone(), holders.clone(), peak.clone());
+            tasks.push(tokio::spawn(async move {
+                let deadline = Instant::now() + Duration::from_micros(200 + (i % 5) * 100);
+                if let Ok(p) = q.wait(0, deadline).await {
+                    let n = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(n, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    holders.fetch_sub(1, Ordering::SeqCst);
+                    drop(p);
+                }
+            }));
+            if i % 50 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        for t in tasks {
+            if let Err(e) = t.await
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
+            }
+        }
+        assert!(peak.load(Ordering::SeqCst) <= max);
+        let st = q.state.lock();
+        assert_eq!((st.in_flight, st.waiting.len(), st.overflow.len()), (0, 0, 0));
     }
 
     #[tokio::test]

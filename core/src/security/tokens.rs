@@ -426,8 +426,9 @@ impl TokenService {
         let family = claims.family()?;
         let now = unix_now();
         // No token of the chain outlives this: a refresh from now on is
-        // refused, and every earlier one expires within `token_expiry`.
-        let until = now.saturating_add(self.expiry_secs);
+        // refused, every token refreshed expires within `token_expiry`, and
+        // the one presented (an operator's may live longer) at its `exp`.
+        let until = now.saturating_add(self.expiry_secs).max(claims.exp);
         self.update_revoked(now, |r| {
             let e = r.families.entry(family).or_insert(until);
             *e = (*e).max(until);
@@ -651,6 +652,18 @@ mod tests {
         let other_service = TokenService::new(&[key("k1", K1)], 60);
         other_service.revoke(&t2.value).unwrap();
         assert_eq!(other_service.verify(&t3.value).unwrap_err().reason, "revoked");
+    }
+
+    #[test]
+    fn a_revoked_token_that_outlives_token_expiry_stays_revoked() {
+        let s = TokenService::new(&[key("k1", K1)], 60);
+        // An operator's token may live longer than token_expiry.
+        let long = s.issue_for(&Arc::from("svc"), &roles(&[]), 3600, None).unwrap();
+        s.revoke(&long.value).unwrap();
+        // Long after token_expiry, pruning must not bring it back.
+        let later = unix_now() + 600;
+        s.update_revoked(later, |_| ());
+        assert_eq!(s.verify(&long.value).unwrap_err().reason, "revoked");
     }
 
     #[test]
